@@ -1,0 +1,81 @@
+"""Token-by-token decoding over a KV cache: sampling, stop rules, incremental detokenization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import GenerationOptions
+
+
+def pick_next(logits: torch.Tensor, opts: GenerationOptions, generated: list[list[int]],
+              step: int, stop_ids: list[int], rng: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits of the last position -> (B,) next token ids."""
+    logits = logits.float().clone()  # inference tensors cannot be edited in place
+    if opts.repetition_penalty != 1.0:
+        for b, ids in enumerate(generated):
+            if ids:
+                idx = torch.tensor(sorted(set(ids)), device=logits.device)
+                vals = logits[b, idx]
+                logits[b, idx] = torch.where(vals > 0, vals / opts.repetition_penalty, vals * opts.repetition_penalty)
+    if step < opts.min_new_tokens and stop_ids:
+        logits[:, stop_ids] = float("-inf")
+    if opts.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / opts.temperature, dim=-1)
+    if opts.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > opts.top_p  # keep the smallest set reaching top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+
+
+def partial_stop_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest stop-string prefix that `text` ends with (held back from the stream)."""
+    return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+
+
+@dataclass
+class TextStream:
+    """Incremental detokenization: the text of all ids so far, held back while a multi-byte
+    character or a possible stop string is incomplete."""
+
+    tokenizer: object
+    stop_strings: tuple[str, ...]
+    ids: list[int]
+    emitted: int = 0  # characters of `text` already handed out
+    stopped: bool = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stop_strings:
+            at = text.find(stop)
+            if at >= 0:
+                self.stopped = True
+                return self._emit(text[:at].rstrip())
+        if text.endswith("\ufffd"):
+            return ""
+        hold = partial_stop_len(text, self.stop_strings)
+        return self._emit(text[: len(text) - hold] if hold else text)
+
+    def _emit(self, upto: str) -> str:
+        delta = upto[self.emitted:] if len(upto) > self.emitted else ""
+        self.emitted = max(self.emitted, len(upto))
+        return delta
+
+    def final_text(self) -> str:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for stop in self.stop_strings:
+            at = text.find(stop)
+            if at >= 0:
+                text = text[:at]
+        return text.strip()
+
+
+def make_rng(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    if opts.temperature <= 0 or opts.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(opts.seed)

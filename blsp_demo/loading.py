@@ -1,0 +1,194 @@
+"""From a model spec to an engine.
+
+A spec is a registered name (`micro-blsp`, `micro-cascade`, `micro-text`), a local checkpoint
+folder, or a Hugging Face Hub repo id. The family comes from the folder's config.json:
+- BLSP: `whisper_config` + `llama_config` (the official layout; or the micro layout, whose
+  config names bundled components and ships only the adapter);
+- LLaSM: `model_type == "llaaa"` (not yet supported here);
+- otherwise a plain causal LM, which hears speech through the cascade (Whisper ASR).
+The `system` picks how speech reaches the LLM: `blsp`, `cascade` or `text`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .devices import Placement, placement
+from .engine import BlspEngine, CascadeEngine, ChatEngine, TextEngine
+from .model.blsp import BlspConfig, BlspModel
+from .prompts import get_template
+from . import sources
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+SYSTEMS = ("blsp", "cascade", "text")
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    system: str
+    folder: Path | None  # a BLSP folder (micro layout) or None for the bundled LLM alone
+    description: str
+
+
+REGISTRY: dict[str, RegisteredModel] = {
+    "micro-blsp": RegisteredModel("blsp", PACKAGE_DIR / "weights" / "micro-blsp",
+                                  "Whisper base encoder + trained adapter + SmolLM2-135M-Instruct (BLSP)"),
+    "micro-cascade": RegisteredModel("cascade", None, "Whisper base ASR -> SmolLM2-135M-Instruct (Whisper+LLM)"),
+    "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
+}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def detect_family(config: dict) -> str:
+    if "whisper_config" in config and "llama_config" in config:
+        return "blsp"
+    if config.get("model_type") == "llaaa":
+        return "llasm"
+    return "llm"
+
+
+# ---- components ---------------------------------------------------------------------------
+def bundled_llm(dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct from the bundled GGUF: (model, tokenizer)."""
+    folder, name = sources.smollm2_gguf()
+    return sources.load_gguf_causal_lm(folder, name, dtype=dtype), sources.load_gguf_tokenizer(folder, name)
+
+
+def whisper_asr(device: torch.device, language: str | None = None):
+    """Bundled Whisper base as a callable: 16 kHz samples -> transcript (greedy, temperature 0)."""
+    import whisper
+
+    model = whisper.load_model(str(sources.whisper_base().openai_checkpoint_path), device=device)
+    lang = language or os.environ.get("BLSP_ASR_LANGUAGE", "en")
+
+    def transcribe(samples) -> str:
+        with torch.inference_mode():
+            out = model.transcribe(samples, language=lang or None, temperature=0.0,
+                                   fp16=device.type == "cuda", condition_on_previous_text=False)
+        return out["text"].strip()
+
+    return transcribe
+
+
+def template_for_tokenizer(tokenizer) -> str:
+    """A plain LLM's template, from what its own chat template contains."""
+    chat = getattr(tokenizer, "chat_template", None) or ""
+    if "<|im_start|>" in chat:
+        return "chatml"
+    if "[INST]" in chat:
+        return "llama2-inst"
+    return "blsp"
+
+
+# ---- BLSP folders -------------------------------------------------------------------------
+def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, object, str]:
+    """The micro layout: config.json names bundled components; adapter.safetensors holds the rest.
+    Every part is sha256-checked (the bundled ones by `sources`, the adapter here)."""
+    from safetensors.torch import load_file
+    from transformers import WhisperFeatureExtractor
+    cfg = json.loads((folder / "config.json").read_text())
+    adapter_file = folder / cfg["components"]["adapter"]["file"]
+    if not adapter_file.is_file():
+        raise sources.WeightsError(f"{folder.name}: the adapter weights {adapter_file.name} are missing; "
+                                   f"train them (python -m blsp_demo train) or use micro-cascade.")
+    digest = sha256_file(adapter_file)
+    if digest != cfg["components"]["adapter"]["sha256"]:
+        raise sources.WeightsError(f"{adapter_file} is damaged: sha256 {digest[:12]}... does not match config.json")
+    whisper = sources.whisper_base()
+    llm, tokenizer = bundled_llm(place.dtype)
+    config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
+    with torch.device("meta"):
+        model = BlspModel(config)
+    state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
+    state.update({f"whisper_model.{k}": v for k, v in _whisper_encoder_state(whisper.hf_dir).items()})
+    state.update(load_file(str(adapter_file)))
+    model.load_state_dict(state, strict=True, assign=True)
+    model.llama_model.tie_weights()
+    model = model.to(place.device, place.dtype)
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
+    return model, tokenizer, extractor, f"{folder.name}@{digest[:12]}"
+
+
+def _whisper_encoder_state(hf_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    prefix = "model.encoder."
+    return {k[len(prefix):]: v.float() for k, v in load_file(str(hf_dir / "model.safetensors")).items()
+            if k.startswith(prefix)}
+
+
+def load_official_blsp(folder: Path, place: Placement):
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    model = BlspModel.from_pretrained(folder, dtype=place.dtype).to(place.device)
+    return model, AutoTokenizer.from_pretrained(folder), WhisperFeatureExtractor.from_pretrained(folder)
+
+
+def load_blsp_folder(folder: Path, place: Placement):
+    cfg = json.loads((folder / "config.json").read_text())
+    if "components" in cfg:
+        return load_micro_blsp(folder, place)
+    model, tok, fx = load_official_blsp(folder, place)
+    return model, tok, fx, folder.name
+
+
+# ---- engines ------------------------------------------------------------------------------
+def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm=None, tokenizer=None,
+                 template: str = "chatml", extractor=None, revision: str = "", **kw) -> ChatEngine:
+    tpl = get_template(template)
+    common = dict(model_id=model_id, revision=revision, device=place.device, **kw)
+    if system == "blsp":
+        return BlspEngine(blsp, tokenizer, extractor, template=tpl, **common)
+    llm = llm if llm is not None else blsp.llama_model
+    if system == "cascade":
+        return CascadeEngine(llm, tokenizer, tpl, whisper_asr(place.device), **common)
+    if system == "text":
+        return TextEngine(llm, tokenizer, tpl, **common)
+    raise ValueError(f"unknown system {system!r}; choose from {SYSTEMS}")
+
+
+def load_engine(spec: str, system: str | None = None, *, device: str | None = None,
+                dtype: str | None = None, revision: str | None = None, **kw) -> ChatEngine:
+    """A ready engine for a model spec (see the module docstring)."""
+    place = placement(device, dtype)
+    if spec in REGISTRY:
+        entry = REGISTRY[spec]
+        system = system or entry.system
+        if entry.folder is not None:
+            model, tok, fx, mid = load_micro_blsp(entry.folder, place)
+            return build_engine(spec if system == "blsp" else f"{spec}:{system}", system, place, blsp=model,
+                                tokenizer=tok, extractor=fx, template=model.config.prompt_template,
+                                revision=mid, **kw)
+        llm, tok = bundled_llm(place.dtype)
+        return build_engine(spec, system, place, llm=llm.to(place.device), tokenizer=tok, template="chatml",
+                            revision="smollm2-135m-instruct-q4_1", **kw)
+    folder = sources.resolve_checkpoint(spec, revision)
+    config = json.loads((folder / "config.json").read_text())
+    family = detect_family(config)
+    if family == "blsp":
+        model, tok, fx, mid = load_blsp_folder(folder, place)
+        return build_engine(spec, system or "blsp", place, blsp=model, tokenizer=tok, extractor=fx,
+                            template=getattr(model.config, "prompt_template", "blsp"), revision=mid, **kw)
+    if family == "llasm":
+        raise sources.WeightsError(f"{spec} is a LLaSM checkpoint; the LLaSM backend is not available yet.")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = AutoModelForCausalLM.from_pretrained(folder, dtype=place.dtype).to(place.device)
+    tok = AutoTokenizer.from_pretrained(folder)
+    if system == "blsp":
+        raise ValueError(f"{spec} is a plain language model: it has no speech adapter (use cascade or text)")
+    return build_engine(spec, system or "cascade", place, llm=llm, tokenizer=tok,
+                        template=template_for_tokenizer(tok), revision=revision or "", **kw)

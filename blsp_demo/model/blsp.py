@@ -1,0 +1,131 @@
+"""BLSP: frozen Whisper encoder -> trained adapter -> frozen causal LM.
+
+`BlspConfig` / `BlspModel` keep the official release's config fields and state-dict names
+(`whisper_model.*`, `llama_model.*`, `subsampler.*`, `adapter.*`, `speech_ln.*`), so
+`BlspModel.from_pretrained(<official folder>)` loads with no missing or unexpected keys. The
+LLM may be any causal LM: its config dict keeps its own `model_type` (Llama by default, as in
+the official release).
+
+Speech enters the LLM like images enter LLaVA: the token sequence carries one placeholder id
+(`SPEECH_PLACEHOLDER`) per speech frame, and the frames are scattered into those positions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, WhisperConfig
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .adapter import Adapter, Conv1dSubsampler, lengths_to_mask
+from .encoder import encode_features
+
+SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
+
+
+def llm_config_from_dict(d: dict) -> PretrainedConfig:
+    """Any causal-LM config from its dict; official checkpoints hold a Llama config."""
+    d = dict(d)
+    model_type = d.pop("model_type", None) or "llama"
+    return AutoConfig.for_model(model_type, **d)
+
+
+class BlspConfig(PretrainedConfig):
+    model_type = "blsp"
+
+    def __init__(
+        self,
+        whisper_config: dict | None = None,
+        llama_config: dict | None = None,
+        conv_kernel_sizes: str = "5,5,5",
+        adapter_inner_dim: int = 512,
+        prompt_template: str = "blsp",  # not in official configs: they use the blsp template
+        encoder_window: str = "full",  # official checkpoints were trained on 30 s windows
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.whisper_config = WhisperConfig(**(whisper_config or {})).to_dict()
+        self.llama_config = llm_config_from_dict(llama_config or {}).to_dict()
+        self.conv_kernel_sizes = conv_kernel_sizes
+        self.adapter_inner_dim = adapter_inner_dim
+        self.prompt_template = prompt_template
+        self.encoder_window = encoder_window
+
+    @property
+    def kernel_sizes(self) -> list[int]:
+        return [int(k) for k in str(self.conv_kernel_sizes).split(",")]
+
+
+class BlspModel(PreTrainedModel):
+    config_class = BlspConfig
+    base_model_prefix = "blsp"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
+    def __init__(self, config: BlspConfig):
+        super().__init__(config)
+        whisper_config = WhisperConfig(**config.whisper_config)
+        llm_config = llm_config_from_dict(config.llama_config)
+        self.whisper_model = WhisperEncoder(whisper_config)
+        self.llama_model = AutoModelForCausalLM.from_config(llm_config)
+        d_enc, d_llm = whisper_config.d_model, llm_config.hidden_size
+        self.subsampler = Conv1dSubsampler(d_enc, 2 * d_enc, d_llm, config.kernel_sizes)
+        self.adapter = Adapter(d_llm, config.adapter_inner_dim)
+        self.speech_ln = nn.LayerNorm(d_llm, eps=1e-5)
+        self.post_init()
+
+    def _init_weights(self, module):
+        # Only the adapter's own modules start fresh; the encoder and LLM are always loaded.
+        if isinstance(module, nn.LayerNorm) and module is self.speech_ln:
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ---- speech path -------------------------------------------------------------------
+    def adapt(self, encoded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, d_enc) -> speech embeddings (B, T/8, d_llm) and their lengths."""
+        x = self.subsampler(encoded)  # (B, T/8, d_llm)
+        x = self.speech_ln(self.adapter(x))
+        return x, self.subsampler.output_lengths(lengths)
+
+    def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor,
+                          window: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel features (B, n_mels, 3000) with real-frame counts (B,) -> (B, S, d_llm), (B,)."""
+        encoded, lengths = encode_features(self.whisper_model, features, frames,
+                                           window or self.config.encoder_window)
+        return self.adapt(encoded, lengths)
+
+    # ---- LLM inputs ----------------------------------------------------------------------
+    def embed_with_speech(self, input_ids: torch.Tensor, speech_frames: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with placeholder positions filled by `speech_frames` (N, d_llm) in order."""
+        is_speech = input_ids == SPEECH_PLACEHOLDER
+        n_slots = int(is_speech.sum())
+        n_frames = 0 if speech_frames is None else speech_frames.shape[0]
+        if n_slots != n_frames:
+            raise ValueError(f"{n_slots} speech placeholders but {n_frames} speech frames")
+        embed = self.llama_model.get_input_embeddings()
+        embeds = embed(input_ids.masked_fill(is_speech, 0))  # (B, L, d_llm)
+        if n_slots:
+            mask = is_speech.unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, speech_frames.to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        speech_features: torch.Tensor | None = None,
+        speech_frames: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **llm_kwargs,
+    ):
+        """Placeholders in `input_ids` take the speech of each row in order; returns the LLM output
+        (with `.loss` over positions where `labels != -100` when labels are given)."""
+        frames = None
+        if speech_features is not None:
+            speech, lengths = self.speech_embeddings(speech_features, speech_frames)
+            frames = speech[lengths_to_mask(lengths, speech.shape[1])]  # (sum S_b, d_llm)
+            per_row = (input_ids == SPEECH_PLACEHOLDER).sum(-1)
+            if not torch.equal(per_row.cpu(), lengths.cpu()):
+                raise ValueError(f"speech placeholders per row {per_row.tolist()} != frames {lengths.tolist()}")
+        embeds = self.embed_with_speech(input_ids, frames)
+        return self.llama_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
