@@ -66,6 +66,15 @@ class TextStream:
         self.emitted = max(self.emitted, len(upto))
         return delta
 
+    def flush(self) -> str:
+        """What is left to hand out once decoding ends (held-back characters)."""
+        raw = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        sent = raw[: self.emitted].lstrip()
+        final = self.final_text()
+        rest = final[len(sent):] if final.startswith(sent) else ""
+        self.emitted = len(raw)
+        return rest
+
     def final_text(self) -> str:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         for stop in self.stop_strings:

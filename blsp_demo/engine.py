@@ -12,16 +12,16 @@ that differ, because every cached position carries a key (token id, or audio has
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import torch
 
-from .audio import AudioLimits, load_audio, split_windows
+from .audio import AudioError, AudioLimits, load_audio, sha256_bytes, split_windows
 from .config import GenerationOptions, Response
 from .conversation import Conversation, Turn
 from .decoding import TextStream, make_rng, pick_next
@@ -58,7 +58,7 @@ class ChatCache:
 
     past: object | None = None  # transformers DynamicCache
     keys: list[Key] = field(default_factory=list)
-    reply_ids: dict[str, list[int]] = field(default_factory=dict)  # replies as generated
+    reply_ids: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (turn, reply) -> ids as generated
     speech: dict[str, torch.Tensor] = field(default_factory=dict)  # audio key -> (S, d_llm)
     transcripts: dict[str, str] = field(default_factory=dict)  # audio key -> ASR text
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,11 +74,11 @@ class Engine(Protocol):
 
 
 def audio_key(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Content hash of an audio file: the same recording is encoded once per conversation."""
+    try:
+        return sha256_bytes(path)
+    except (FileNotFoundError, IsADirectoryError):
+        raise AudioError("not_found", f"The audio file {Path(path).name!r} does not exist.") from None
 
 
 def common_prefix(a: list[Key], b: list[Key]) -> int:
@@ -164,7 +164,8 @@ class ChatEngine:
             if isinstance(piece, Bos):
                 new = [self.tokenizer.bos_token_id]
             elif isinstance(piece, Reply):
-                new = cache.reply_ids.get(piece.text) or self.tokenize(piece.text)
+                known = cache.reply_ids.get((piece.turn_index, piece.text))
+                new = known if known is not None else self.tokenize(piece.text)
             else:
                 new = self.tokenize(piece.text)
             ids += new
@@ -236,29 +237,23 @@ class ChatEngine:
                 break
             generated.append(tok)
             delta = stream.push(tok)
+            if delta:
+                yield StreamChunk(delta, stream.final_text())
             if stream.stopped:
                 finish = "stop"
                 break
-            if delta:
-                yield StreamChunk(delta, stream.final_text())
             if len(generated) == options.max_new_tokens:
                 break
             logits, past = self._forward([tok], None, past, len(cache.keys), len(cache.keys) + 1)
             cache.keys.append(("t", tok))
+        rest = stream.flush()
         text = stream.final_text()
-        cache.reply_ids[text] = self._reply_ids(generated, text)
+        cache.reply_ids[(len(conv.turns), text)] = list(generated) if not stream.stopped else self.tokenize(text)
         resp = Response(text=text, ttft_s=ttft or 0.0, total_s=time.perf_counter() - t0,
                         new_tokens=len(generated) + (finish == "stop"), options=options,
                         prefill_tokens=len(new_ids), cached_tokens=reuse, notices=notices,
                         finish_reason=finish, transcript=self.last_transcript(conv, cache))
-        yield StreamChunk("", text, resp)
-
-    def _reply_ids(self, generated: list[int], text: str) -> list[int]:
-        """The ids to put back for this reply in the next turn's prompt: the generated ones when
-        they decode to exactly the reply (no stop string cut), else a fresh tokenization."""
-        if self.tokenizer.decode(generated, skip_special_tokens=True).strip() == text:
-            return list(generated)
-        return self.tokenize(text)
+        yield StreamChunk(rest, text, resp)
 
     def last_transcript(self, conv: Conversation, cache: ChatCache) -> str | None:
         return None

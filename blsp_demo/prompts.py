@@ -101,6 +101,7 @@ class Speech:
 @dataclass(frozen=True)
 class Reply:
     text: str  # an earlier assistant reply; the engine reuses its generated ids when it has them
+    turn_index: int = -1
 
 
 Piece = Union[Text, Bos, Speech, Reply]
@@ -146,5 +147,5 @@ def render(tpl: PromptTemplate, conv: Conversation, texts: dict[int, str] | None
             pieces += _user_pieces(tpl, turn, i, texts.get(i), inline)
             first_user = False
         else:
-            pieces += [Reply(turn.text), Text(tpl.assistant_suffix)]
+            pieces += [Reply(turn.text, i), Text(tpl.assistant_suffix)]
     return [p for p in pieces if not (isinstance(p, Text) and p.text == "")]

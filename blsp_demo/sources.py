@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -60,6 +61,9 @@ BUNDLED = {
 }
 WHISPER_BASE_PARTS = ("whisper-base/model.bin.part1", "whisper-base/model.bin.part2")  # join order
 SMOLLM2_GGUF = "smollm2-135m-instruct/gguf"
+
+
+MANIFEST = "manifest.json"  # written last into a cache folder: its presence marks it complete
 
 
 def cache_dir() -> Path:
@@ -110,19 +114,19 @@ def _stamp_path(path: Path) -> Path:
     return cache_dir() / "verified" / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json")
 
 
-def _has_sha256(path: Path, expected: str) -> bool:
-    """Hashes the file unless a stamp says this very file (same size and mtime) already matched."""
+def file_sha256(path: Path) -> str:
+    """The file's sha256, hashed once per version of the file: a stamp under the cache folder
+    remembers it for the same path, size and mtime (100 MB take ~0.3 s to hash)."""
     stat = path.stat()
     stamp = _stamp_path(path)
-    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "sha256": expected}
+    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     try:
-        if json.loads(stamp.read_text()) == record:
-            return True
-    except (OSError, ValueError):
+        remembered = json.loads(stamp.read_text())
+        if {k: remembered.get(k) for k in record} == record:
+            return remembered["sha256"]
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
-    if _sha256(path) != expected:
-        return False
+    record["sha256"] = _sha256(path)
     try:  # best effort: an unwritable cache only costs a hash on the next start
         stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
@@ -130,17 +134,53 @@ def _has_sha256(path: Path, expected: str) -> bool:
         os.replace(tmp, stamp)
     except OSError:
         pass
-    return True
+    return record["sha256"]
 
 
 def bundled_path(file: BundledFile) -> Path:
     """The installed file, after checking its sha256; WeightsError says which package to install."""
     path = _installed_path(file)
-    if not _has_sha256(path, file.sha256):
+    if file_sha256(path) != file.sha256:
         raise WeightsError(f"{path} does not have the expected sha256 {file.sha256}: the package "
                            f"{file.package!r} is damaged or another version. Reinstall it with "
                            f"`{_pip_install(file.package)} --force-reinstall`.")
     return path
+
+
+# ----------------------------------------------------------------------------- cache folders
+def _build_atomically(folder: Path, build: Callable[[Path], dict]) -> None:
+    """Runs build(tmp) in a temporary sibling folder, writes the dict it returns as MANIFEST last,
+    then renames the sibling into place: a crash never leaves a half-built `folder`."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
+    try:
+        (tmp / MANIFEST).write_text(json.dumps(build(tmp), indent=1))
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / MANIFEST).is_file():  # else a concurrent build got there first
+                _replace_incomplete(folder, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_incomplete(folder: Path, built: Path) -> None:
+    """Only complete folders are ever renamed into the cache, so one without a manifest is left
+    over from something else (an older version, a hand edit): replace it."""
+    try:
+        shutil.rmtree(folder)
+        os.rename(built, folder)
+    except OSError as error:
+        raise WeightsError(f"Cannot move the converted weights into {folder} ({error}): "
+                           f"delete that folder and retry.") from None
+
+
+def _built_once(folder: Path, build: Callable[[Path], dict]) -> dict:
+    """The manifest of a cache folder, building the folder first if it is not complete."""
+    if not (folder / MANIFEST).is_file():
+        _build_atomically(folder, build)
+    return json.loads((folder / MANIFEST).read_text())
 
 
 # ----------------------------------------------------------------------------- Whisper base
@@ -173,29 +213,11 @@ def _save_hf(hf_state_dict: dict, config_kwargs: dict, folder: Path) -> None:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _convert_whisper(parts: list[Path], folder: Path, source: dict) -> None:
+def _convert_whisper(parts: list[Path], folder: Path) -> dict:
     checkpoint = ct2_whisper.to_openai_checkpoint(ct2_whisper.read_model(parts))
     _save_openai_checkpoint(checkpoint, folder / "openai.pt")
     _save_hf(*ct2_whisper.openai_to_hf(checkpoint), folder / "hf")
-    # written last: its presence marks a complete conversion
-    (folder / "weights.json").write_text(json.dumps({"dims": checkpoint["dims"], **source}, indent=1))
-
-
-def _convert_atomically(parts: list[Path], folder: Path, source: dict) -> None:
-    """Converts into a temporary sibling and renames it into place: a crash leaves no half cache."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any other
-    try:
-        _convert_whisper(parts, tmp, source)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "weights.json").is_file():  # not a concurrent conversion that won
-                raise WeightsError(f"Cannot move the converted weights into {folder}: "
-                                   f"delete that folder and retry.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return {"dims": checkpoint["dims"]}
 
 
 def whisper_base() -> WhisperWeights:
@@ -203,14 +225,13 @@ def whisper_base() -> WhisperWeights:
     files = [BUNDLED[name] for name in WHISPER_BASE_PARTS]
     parts = [bundled_path(file) for file in files]
     key = hashlib.sha256("".join(file.sha256 for file in files).encode()).hexdigest()[:16]
+    source = {"source": [f"{_requirement(f.package)}:{f.relpath}" for f in files],
+              "sha256": [f.sha256 for f in files]}
     folder = cache_dir() / f"whisper-base-{key}"
-    if not (folder / "weights.json").is_file():
-        source = {"source": [f"{_requirement(f.package)}:{f.relpath}" for f in files],
-                  "sha256": [f.sha256 for f in files]}
-        _convert_atomically(parts, folder, source)
-    dims = json.loads((folder / "weights.json").read_text())["dims"]
+    manifest = _built_once(folder, lambda tmp: {**source, **_convert_whisper(parts, tmp)})
     return WhisperWeights(folder / "openai.pt", folder / "hf",
-                          num_mel_bins=dims["n_mels"], d_model=dims["n_audio_state"])
+                          num_mel_bins=manifest["dims"]["n_mels"],
+                          d_model=manifest["dims"]["n_audio_state"])
 
 
 # ----------------------------------------------------------------------------- SmolLM2 (GGUF)
@@ -220,18 +241,47 @@ def smollm2_gguf() -> tuple[Path, str]:
     return path.parent, path.name
 
 
+def _save_gguf_as_transformers(gguf: Path, folder: Path) -> dict:
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = dict(gguf_file=gguf.name, local_files_only=True)
+    AutoTokenizer.from_pretrained(gguf.parent, **kwargs).save_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)  # the weights below are de-quantized float32
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    save_file({k: t.contiguous() for k, t in model.state_dict().items() if k not in tied},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return {"architecture": type(model).__name__}
+
+
+def gguf_as_transformers(directory: Path, filename: str) -> Path:
+    """A transformers folder (config, float32 safetensors, tokenizer) made once from a GGUF file,
+    keyed by its content: transformers re-parses GGUF metadata in Python on every load (30-45 s
+    for SmolLM2-135M on 2 busy cores), while the folder loads in about a second."""
+    gguf = Path(directory) / filename
+    folder = cache_dir() / f"gguf-{gguf.stem}-{file_sha256(gguf)[:16]}"
+    _built_once(folder, lambda tmp: {"source": str(gguf), "sha256": file_sha256(gguf),
+                                     **_save_gguf_as_transformers(gguf, tmp)})
+    return folder
+
+
 def load_gguf_causal_lm(directory: Path, filename: str, dtype: torch.dtype = torch.float32):
-    """The de-quantized model (transformers reads GGUF with the `gguf` package), offline."""
+    """The de-quantized model, offline (de-quantized once, see `gguf_as_transformers`)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=dtype,
-                                                local_files_only=True)
+    return AutoModelForCausalLM.from_pretrained(gguf_as_transformers(directory, filename),
+                                                dtype=dtype, local_files_only=True)
 
 
 def load_gguf_tokenizer(directory: Path, filename: str):
+    """The GGUF file's tokenizer, with its chat template, offline."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(directory, gguf_file=filename, local_files_only=True)
+    return AutoTokenizer.from_pretrained(gguf_as_transformers(directory, filename),
+                                         local_files_only=True)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -245,7 +295,8 @@ def resolve_checkpoint(spec: str, revision: str | None = None) -> Path:
     if path.is_dir():
         return path
     if path.exists() or not _REPO_ID.fullmatch(spec):
-        raise WeightsError(f"Cannot use {spec!r} as a checkpoint: it must be a local checkpoint "
+        what = "it is a file; a checkpoint" if path.exists() else "it"
+        raise WeightsError(f"Cannot use {spec!r} as a checkpoint: {what} must be a local checkpoint "
                            f"folder (holding config.json and the weights) or a Hugging Face Hub "
                            f"repo id such as `owner/name`.")
     return _snapshot(spec, revision)
@@ -272,7 +323,7 @@ def _snapshot(repo_id: str, revision: str | None) -> Path:
     except (OSError, *_transport_errors()) as error:
         reason = ("HF_HUB_OFFLINE=1 is set" if _hub_is_offline()
                   else "the Hugging Face Hub cannot be reached")
-        detail = (str(error).strip().splitlines() or [""])[0]
+        detail = (str(error).strip().splitlines() or [""])[0].rstrip(".")
         raise WeightsError(
             f"The checkpoint {repo_id!r}{at} is not in the local Hugging Face cache and cannot be "
             f"downloaded because {reason} ({type(error).__name__}: {detail}). Either run once "

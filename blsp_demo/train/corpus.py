@@ -6,17 +6,20 @@
     python -m blsp_demo.train.corpus questions --out data/questions [--voices 3] [--seed 0]
 
 Layout of DIR: `{train,dev,test}.jsonl` manifests, audio in `audio/<split>/<id>.flac` (16 kHz mono
-16-bit). A manifest's `audio` is relative to the manifest's own folder, so DIR can be moved.
-Each line: `id, audio, reference, transcript (= reference), task ("asr"), split, source, voice
-("en-gb+m3"), rate (words/min), pitch (0-99), gain_db, noise ("white" | "pink" | null), snr_db
-(null without noise), duration_s`.
+16-bit; FLAC is 62 MB per hour of audio, WAV 115 MB), `SOURCES.txt` with the text sources'
+licences (keep it with copies of the corpus). A manifest's `audio` path is relative to the
+manifest's own folder, so DIR can be moved. Each line: `id, audio, reference, transcript
+(= reference), task ("asr"), split, source, voice ("en-gb+m3"), rate (words/min), pitch (0-99),
+gain_db, noise ("white" | "pink" | null), snr_db (null without noise), duration_s`.
 
 Splits are by text: the shuffled sentences go test first, then dev, then train, so no sentence is
 in two splits, and a larger --num only adds train items. Test is also spoken by voice variants
 that train and dev never use (`HELDOUT_VARIANTS`). Every random choice of an item comes from a
 generator seeded by (seed, split, index), and its file name carries a hash of its text and
-parameters: runs are deterministic, can be sharded (`--shard i/n` writes `<split>.shard-i-of-n
-.jsonl`), and resume by skipping files that exist and read as 16 kHz mono.
+parameters: runs are deterministic (whatever --workers), resume by skipping files that exist and
+read as 16 kHz mono, and can be sharded: `--shard i/n` makes every n-th item and writes
+`<split>.shard-i-of-n.jsonl`; a last run without --shard finds all audio made and writes the
+full manifests.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ import sys
 from dataclasses import asdict, dataclass
 from multiprocessing import Pool
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import soundfile as sf
+from scipy.fft import next_fast_len
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
@@ -138,9 +143,11 @@ def plan_items(sentences: list[str], seed: int, num: int, dev_num: int,
 
 def espeak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
     """espeak-ng's speech as float32 at ESPEAK_RATE (the text goes in by stdin: no arg parsing)."""
-    result = subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch),
-                             "--stdout"], input=text.encode(), capture_output=True, check=True)
-    wav = result.stdout
+    command = ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout"]
+    try:
+        wav = subprocess.run(command, input=text.encode(), capture_output=True, check=True).stdout
+    except FileNotFoundError:
+        raise RuntimeError("espeak-ng is not installed: apt-get install espeak-ng") from None
     # Streamed WAV: the header's sizes are placeholders, so read the samples after 'data'.
     data_at = wav.index(b"data") + 8
     rate_in = int.from_bytes(wav[24:28], "little")
@@ -152,10 +159,11 @@ def espeak(text: str, voice: str, rate: int, pitch: int) -> np.ndarray:
 
 def pink_noise(rng: np.random.Generator, n: int) -> np.ndarray:
     """1/f noise: white noise with its spectrum scaled by 1/sqrt(f)."""
-    spectrum = np.fft.rfft(rng.standard_normal(n))
+    size = next_fast_len(n, real=True)  # an awkward (say, prime) length makes the FFT 20x slower
+    spectrum = np.fft.rfft(rng.standard_normal(size))
     spectrum[1:] /= np.sqrt(np.arange(1, len(spectrum)))
     spectrum[0] = 0
-    return np.fft.irfft(spectrum, n)
+    return np.fft.irfft(spectrum, size)[:n]
 
 
 def augment(speech: np.ndarray, params: SynthParams) -> np.ndarray:
@@ -186,7 +194,7 @@ def is_valid_audio(path: Path) -> bool:
     """A finished file: readable, 16 kHz mono, not empty (writes are atomic, so no partial ones)."""
     try:
         info = sf.info(str(path))
-    except (RuntimeError, OSError, sf.LibsndfileError):
+    except (RuntimeError, OSError):  # soundfile's LibsndfileError is a RuntimeError
         return False
     return info.samplerate == SAMPLE_RATE and info.channels == 1 and info.frames > 0
 
@@ -255,23 +263,46 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def write_attribution(out: Path, source: str) -> None:
+    """`DIR/SOURCES.txt`: where the text came from and its licence, which asks to travel along."""
+    parts = [f"Transcripts of this corpus come from: {source}. Audio synthesized by espeak-ng.\n"]
+    for name in filter(None, source.split(",")):
+        src = text_sources.SOURCES[name]
+        licence = Path(src.licence_file)
+        parts.append(f"== {name}: {src.description}\nLicence: {src.licence}\n"
+                     + (licence.read_text(encoding="utf-8", errors="replace")
+                        if licence.is_file() else f"(see {src.licence_file})\n"))
+    (out / "SOURCES.txt").write_text("\n".join(parts), encoding="utf-8")
+
+
+def synthesize_and_list(out: Path, items: list[Item], fmt: str, workers: int,
+                        record: Callable[[Item, Path], dict], suffix: str = "") -> dict[str, int]:
+    """Make the items' missing audio, then write one manifest per split; returns their sizes."""
+    paths = [audio_path(out, item, fmt) for item in items]
+    synthesize_all([(p, i.text, i.params) for p, i in zip(paths, items, strict=True)], workers)
+    counts = {}
+    for split in dict.fromkeys(i.split for i in items):  # splits in order of appearance
+        write_jsonl(out / f"{split}{suffix}.jsonl", [
+            record(i, p) for i, p in zip(items, paths, strict=True) if i.split == split])
+        counts[split] = sum(i.split == split for i in items)
+    return counts
+
+
 def build_corpus(out: Path, sentences: list[str], *, seed: int, num: int, dev_num: int,
                  test_num: int, source: str = "", shard: tuple[int, int] = (0, 1),
                  workers: int = 1, fmt: str = "flac") -> dict[str, int]:
     """Synthesize this shard's items and write its manifests; returns clips per split."""
     out.mkdir(parents=True, exist_ok=True)
+    write_attribution(out, source)
     items = plan_items(sentences, seed, num, dev_num, test_num)
     items = [item for position, item in enumerate(items) if position % shard[1] == shard[0]]
-    paths = [audio_path(out, item, fmt) for item in items]
-    synthesize_all([(p, i.text, i.params) for p, i in zip(paths, items)], workers)
     suffix = "" if shard[1] == 1 else f".shard-{shard[0]}-of-{shard[1]}"
-    counts = {}
-    for split in SPLITS:
-        records = [manifest_record(i, p, out, source) for i, p in zip(items, paths)
-                   if i.split == split]
-        write_jsonl(out / f"{split}{suffix}.jsonl", records)
-        counts[split] = len(records)
-    return counts
+    counts = synthesize_and_list(out, items, fmt, workers, suffix=suffix,
+                                 record=lambda i, p: manifest_record(i, p, out, source))
+    for split in SPLITS:  # an empty split still gets its (empty) manifest
+        if split not in counts:
+            write_jsonl(out / f"{split}{suffix}.jsonl", [])
+    return {split: counts.get(split, 0) for split in SPLITS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,27 +319,18 @@ def build_questions(out: Path, questions: list[dict], *, voices: int = 3, seed: 
     Dev questions use train variants, test questions the held-out ones, as in the corpus.
     """
     out.mkdir(parents=True, exist_ok=True)
-    items, answers = [], []
-    for qi, q in enumerate(questions):
-        variants = HELDOUT_VARIANTS if q["split"] == "test" else TRAIN_VARIANTS
-        for j in range(voices):
-            rng = item_rng(seed, f"question-{q['split']}", qi * voices + j)
-            items.append(Item(q["split"], qi * voices + j, q["question"],
-                              sample_params(rng, variants, noise_prob=0.0)))
-            answers.append(q["answers"])
-    paths = [audio_path(out, item, fmt) for item in items]
-    synthesize_all([(p, i.text, i.params) for p, i in zip(paths, items)], workers)
-    counts = {}
-    for split in ("dev", "test"):
-        records = []
-        for item, path, accepted in zip(items, paths, answers):
-            if item.split == split:
-                record = manifest_record(item, path, out, "spoken_questions")
-                record.update(reference=accepted[0], answers=accepted, task="qa")
-                records.append(record)
-        write_jsonl(out / f"{split}.jsonl", records)
-        counts[split] = len(records)
-    return counts
+    items = [Item(q["split"], qi * voices + j, q["question"], sample_params(
+                 item_rng(seed, f"question-{q['split']}", qi * voices + j),
+                 HELDOUT_VARIANTS if q["split"] == "test" else TRAIN_VARIANTS, noise_prob=0.0))
+             for qi, q in enumerate(questions) for j in range(voices)]
+    answers = {q["question"]: q["answers"] for q in questions}
+
+    def record(item: Item, path: Path) -> dict:
+        accepted = answers[item.text]
+        return manifest_record(item, path, out, "spoken_questions") | {
+            "reference": accepted[0], "answers": accepted, "task": "qa"}
+
+    return synthesize_and_list(out, items, fmt, workers, record)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,7 +369,13 @@ def questions_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except (KeyError, ValueError, RuntimeError) as e:  # SourceUnavailable is a RuntimeError
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
+
+
+def run(argv: list[str]) -> None:
     if argv[:1] == ["questions"]:
         a = questions_parser().parse_args(argv[1:])
         counts = build_questions(a.out, load_questions(a.questions), voices=a.voices,

@@ -3,13 +3,11 @@
 Nothing here downloads: every source is a file that an ordinary `apt-get install` puts on disk,
 so CI and a fresh machine rebuild the same sentences. The sources, as data (`SOURCES`):
 
-    name      text                                            licence (file, once installed)
-    wordnet   example sentences of WordNet 3.0's glosses     WordNet 3.0 licence, permissive
-              (Debian `wordnet-base`)                        (/usr/share/doc/wordnet-base/copyright)
-    austen    Jane Austen's six novels, public domain         MIT package, public-domain text
-              (Debian `r-cran-janeaustenr`)                  (/usr/share/doc/r-cran-janeaustenr/copyright)
-    builtin   a few sentences written by this project         this project's licence
-              (`data/builtin_sentences.txt`, for tests)
+- wordnet: the example sentences of WordNet 3.0's glosses ("he ran into the house"), from Debian
+  `wordnet-base`; WordNet 3.0 licence, permissive (/usr/share/doc/wordnet-base/copyright).
+- austen: Jane Austen's six novels, public domain, from Debian `r-cran-janeaustenr` (package under
+  MIT; /usr/share/doc/r-cran-janeaustenr/copyright).
+- builtin: 30 sentences this project wrote (`data/builtin_sentences.txt`), for tests.
 
 `load_sentences("wordnet,austen", seed=0)` splits, cleans (`clean_sentence`), dedupes
 case-insensitively and shuffles deterministically. `python -m blsp_demo.train.text_sources`
@@ -234,7 +232,8 @@ class _RUnserializer:
             self.refs.append(self.item())
             return self.refs[-1]
         if kind in (2, 6, 239, 240):  # pairlist: (tag, value) pairs
-            attr = self.item() if has_attr else None  # noqa: F841 (read to advance)
+            if has_attr:
+                self.item()  # a pairlist's own attributes: read past them
             tag = self.item() if has_tag else None
             head, tail = self.item(), self.item()
             return [(tag, head)] + (tail or [])
@@ -255,7 +254,7 @@ class _RUnserializer:
         if has_attr:
             attributes = dict(self.item())
             if "names" in attributes:
-                return dict(zip(attributes["names"], value))
+                return dict(zip(attributes["names"], value, strict=True))
         return value
 
 

@@ -1,0 +1,41 @@
+"""Shared fixtures. Tests run torch on one thread: the machine has two cores and CI shares them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BLSP_TEST_THREADS", "1")))
+
+
+@pytest.fixture(scope="session")
+def official_checkpoint(tmp_path_factory) -> Path:
+    """A tiny random checkpoint in the official BLSP layout (see tests/tiny.py)."""
+    from tiny import write_official_checkpoint
+
+    return write_official_checkpoint(tmp_path_factory.mktemp("official-blsp"))
+
+
+@pytest.fixture(scope="session")
+def tts_question(tmp_path_factory) -> Path:
+    """A spoken question made with espeak-ng (16 kHz WAV)."""
+    import subprocess
+
+    out = tmp_path_factory.mktemp("tts") / "question.wav"
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "What is the capital of France?"],
+                   check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(raw), "-ar", "16000", "-ac", "1",
+                    str(out)], check=True)
+    return out
