@@ -35,7 +35,7 @@ SPLIT_HINT = ("a model.bin.partN file missing, or the parts joined out of order?
 
 @dataclass
 class Ct2Model:
-    """A parsed model.bin: arrays by CTranslate2 name (read-only views of the file's bytes)."""
+    """A parsed model.bin: arrays by CTranslate2 name (views of the bytes read; bfloat16 widened)."""
 
     variables: dict[str, np.ndarray]
     aliases: dict[str, str]  # alias name -> target variable name

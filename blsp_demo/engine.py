@@ -26,6 +26,7 @@ from .config import GenerationOptions, Response
 from .conversation import Conversation, Turn
 from .decoding import TextStream, make_rng, pick_next
 from .model.blsp import SPEECH_PLACEHOLDER
+from .model.encoder import log_mel
 from .prompts import Bos, Piece, PromptTemplate, Reply, Speech, Text, render
 
 Key = tuple  # ("t", token_id) or ("s", audio_fingerprint, frame_index)
@@ -362,12 +363,10 @@ class BlspEngine(ChatEngine):
         """16 kHz audio of any length -> (S, d_llm); 30 s windows are encoded apart and joined."""
         parts = []
         for window in split_windows(samples):
-            feats = self.feature_extractor(window, sampling_rate=16000, return_attention_mask=True,
-                                           return_tensors="pt")
+            features, frames = log_mel(self.feature_extractor, window, self.window)
             dtype = next(self.model.subsampler.parameters()).dtype
-            x = feats["input_features"].to(self.device, dtype)
-            frames = feats["attention_mask"].sum(-1).to(self.device)
-            emb, lengths = self.model.speech_embeddings(x, frames, self.window)  # (1, S, d_llm)
+            emb, lengths = self.model.speech_embeddings(features.to(self.device, dtype), frames.to(self.device),
+                                                        self.window)  # (1, S, d_llm)
             parts.append(emb[0, : int(lengths[0])])
         return torch.cat(parts)
 

@@ -94,31 +94,60 @@ def template_for_tokenizer(tokenizer) -> str:
 
 
 # ---- BLSP folders -------------------------------------------------------------------------
+MICRO_ADAPTER_FILE = "adapter.safetensors"
+
+
+def micro_config(adapter_inner_dim: int = 512) -> dict:
+    """The micro layout's config.json (without the adapter digest): bundled encoder and LLM."""
+    from transformers import WhisperConfig
+
+    whisper = sources.whisper_base()
+    llm_dir = sources.gguf_as_transformers(*sources.smollm2_gguf())
+    llm_cfg = json.loads((llm_dir / "config.json").read_text())
+    return {
+        "whisper_config": WhisperConfig.from_pretrained(whisper.hf_dir).to_dict(), "llama_config": llm_cfg,
+        "conv_kernel_sizes": "5,5,5", "adapter_inner_dim": adapter_inner_dim, "prompt_template": "chatml",
+        "encoder_window": "trimmed",
+        "components": {"whisper": "bundled:whisper-base", "llm": "bundled:smollm2-135m-instruct",
+                       "adapter": {"file": MICRO_ADAPTER_FILE, "sha256": None}},
+    }
+
+
+def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = None):
+    """Bundled Whisper base encoder + bundled SmolLM2 + an adapter (fresh when `adapter_state` is None)."""
+    from transformers import WhisperFeatureExtractor
+
+    whisper = sources.whisper_base()
+    llm, tokenizer = bundled_llm(place.dtype)
+    config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
+    model = BlspModel(config) if adapter_state is None else None
+    if model is None:
+        with torch.device("meta"):
+            model = BlspModel(config)
+    state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
+    state.update({f"whisper_model.{k}": v for k, v in _whisper_encoder_state(whisper.hf_dir).items()})
+    if adapter_state is not None:
+        state.update(adapter_state)
+    model.load_state_dict(state, strict=adapter_state is not None, assign=adapter_state is not None)
+    model.llama_model.tie_weights()
+    extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
+    return model.to(place.device, place.dtype), tokenizer, extractor
+
+
 def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, object, str]:
     """The micro layout: config.json names bundled components; adapter.safetensors holds the rest.
     Every part is sha256-checked (the bundled ones by `sources`, the adapter here)."""
     from safetensors.torch import load_file
-    from transformers import WhisperFeatureExtractor
-    cfg = json.loads((folder / "config.json").read_text())
-    adapter_file = folder / cfg["components"]["adapter"]["file"]
-    if not adapter_file.is_file():
-        raise sources.WeightsError(f"{folder.name}: the adapter weights {adapter_file.name} are missing; "
-                                   f"train them (python -m blsp_demo train) or use micro-cascade.")
+
+    cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
+    adapter_file = folder / (cfg["components"]["adapter"]["file"] if cfg else MICRO_ADAPTER_FILE)
+    if cfg is None or not adapter_file.is_file():
+        raise sources.WeightsError(f"{folder.name}: the trained adapter ({adapter_file.name}) is not there yet; "
+                                   f"train it (python -m blsp_demo.train.micro run) or use micro-cascade.")
     digest = sha256_file(adapter_file)
     if digest != cfg["components"]["adapter"]["sha256"]:
         raise sources.WeightsError(f"{adapter_file} is damaged: sha256 {digest[:12]}... does not match config.json")
-    whisper = sources.whisper_base()
-    llm, tokenizer = bundled_llm(place.dtype)
-    config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
-    with torch.device("meta"):
-        model = BlspModel(config)
-    state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
-    state.update({f"whisper_model.{k}": v for k, v in _whisper_encoder_state(whisper.hf_dir).items()})
-    state.update(load_file(str(adapter_file)))
-    model.load_state_dict(state, strict=True, assign=True)
-    model.llama_model.tie_weights()
-    model = model.to(place.device, place.dtype)
-    extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
+    model, tokenizer, extractor = assemble_micro(cfg, place, load_file(str(adapter_file)))
     return model, tokenizer, extractor, f"{folder.name}@{digest[:12]}"
 
 

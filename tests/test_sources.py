@@ -294,6 +294,18 @@ def test_converted_base_encoder_matches_openai_whisper(base_weights, speech):
 
 
 @pytest.mark.slow
+def test_the_cached_feature_extractor_computes_whispers_log_mel(base_weights, speech):
+    import whisper
+    from transformers import WhisperFeatureExtractor
+
+    audio = next(iter(speech.values()))
+    extractor = WhisperFeatureExtractor.from_pretrained(base_weights.hf_dir)
+    features = extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
+    expected = whisper.log_mel_spectrogram(whisper.pad_or_trim(audio))[None]  # (1, 80, 3000)
+    assert features.shape == expected.shape and (features - expected).abs().max() < 1e-4
+
+
+@pytest.mark.slow
 def test_converted_base_transcribes_speech(base_weights, speech):
     import whisper
     from whisper.normalizers import EnglishTextNormalizer

@@ -16,6 +16,16 @@ WINDOWS = ("full", "trimmed")
 N_FRAMES = 3000  # mel frames in 30 s (hop 160 at 16 kHz)
 
 
+def log_mel(extractor, samples, window: str = "full") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """16 kHz samples (<= 30 s) -> features (1, n_mels, T) and real-frame counts (1,).
+
+    `full` pads to 30 s as the official code does; `trimmed` computes only the real frames
+    (3.5x cheaper; the last frame or two differ slightly from the padded computation)."""
+    padding = "max_length" if window == "full" else "longest"
+    feats = extractor(samples, sampling_rate=16000, return_attention_mask=True, return_tensors="pt", padding=padding)
+    return feats["input_features"], feats["attention_mask"].sum(-1)
+
+
 def output_lengths(frames: torch.Tensor) -> torch.Tensor:
     """Mel frames -> encoder states (conv2 has stride 2)."""
     return torch.div(frames - 1, 2, rounding_mode="floor") + 1

@@ -1,0 +1,44 @@
+"""The BLSP demo app: settings -> engines -> UI -> launch.
+
+    python app.py [--host H] [--port P] [--model SPEC] [--data-dir DIR]
+
+Settings also come from the environment (BLSP_MODEL, BLSP_DATA_DIR, HF_DATASET_REPO, ...; see
+`blsp_demo.config.AppSettings`). The page is up at once; the model loads in the background and the
+first question waits for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from blsp_demo.config import AppSettings
+from blsp_demo.devices import set_threads
+from blsp_demo.ui import Services, build_demo, launch_options
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Talk to a BLSP speech-language model in the browser.")
+    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1; "
+                                                "$GRADIO_SERVER_NAME, e.g. 0.0.0.0 on Spaces)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860)")
+    p.add_argument("--model", default=None, help="model spec: micro-cascade, micro-blsp, a folder or a Hub id")
+    p.add_argument("--data-dir", default=None, help="where logs and audio go (default ./data)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    set_threads()
+    settings = AppSettings.from_env(model=args.model, data_dir=args.data_dir, port=args.port,
+                                    host=args.host or os.environ.get("GRADIO_SERVER_NAME"))
+    services = Services.create(settings)
+    services.pool.preload(settings.model)
+    build_demo(services).launch(**launch_options(services))
+
+
+if __name__ == "__main__":
+    main()

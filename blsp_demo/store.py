@@ -1,0 +1,336 @@
+"""Durable logs: append-only JSONL records, and audio files stored once by content hash.
+
+A data dir holds
+    records/<date>-<writer>.jsonl   one JSON object a line; each process appends to a file of its own
+    audio/<sha256>.<ext>            every distinct audio file once, whoever sent it
+    recovered/                      torn tails cut from the files of crashed writers (kept, not read)
+
+Every record has `kind`, `id`, `ts` (ISO 8601, UTC) and `session`:
+- `turn`: one answered (or failed) user turn, with its audio, settings, response and timings;
+- `label`: a human verdict (`accept` | `reject` | `unset` to retract) on a turn, by `turn_id`;
+- `judgement`: an LLM judge's verdict on a turn, by `turn_id` (written by the evaluation code);
+- `deletion`: the person of `deleted_session` asked for their data to be deleted: readers treat
+  every record of that session, and every label or judgement on its turns, as deleted.
+
+Writes are one line each, under a lock (the CommitScheduler's when pushing to the Hub, so a push
+never sees half a line), flushed and fsynced before the call returns: a record whose write
+returned survives a crash of the process or the machine. A crash mid-write leaves a torn last line;
+readers skip and report it, and the next `Store` on the directory moves it to `recovered/`.
+`pandas.read_json(path, lines=True)` reads every records file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "records"
+AUDIO_DIR = "audio"
+RECOVERED_DIR = "recovered"
+KINDS = ("turn", "label", "judgement", "deletion")
+VERDICTS = ("accept", "reject", "unset")
+_MAX_EXT_CHARS = 8
+
+try:  # advisory locks tell a live writer's file from a crashed one's (POSIX only)
+    import fcntl
+except ImportError:  # Windows: torn tails are still skipped by readers, just not moved away
+    fcntl = None
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+# ---- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BadLine:
+    """A line that is not a JSON object: a torn last line after a crash, or damage."""
+
+    path: Path
+    line_no: int  # 1-based
+    torn: bool  # the file's last line, without its newline: a write cut short
+    excerpt: str
+
+    def __str__(self) -> str:
+        what = "torn last line" if self.torn else "unreadable line"
+        return f"{self.path.name}:{self.line_no}: {what} skipped ({self.excerpt!r})"
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    records: list[dict]
+    bad_lines: list[BadLine]
+
+
+def records_files(data_dir: Path | str) -> list[Path]:
+    return sorted((Path(data_dir) / RECORDS_DIR).glob("*.jsonl"))
+
+
+def read_file(path: Path) -> ReadResult:
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records, bad = [], []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        torn = i == len(lines) - 1  # no newline after it
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            bad.append(BadLine(path, i + 1, torn, raw[:60].decode("utf-8", "replace")))
+            continue
+        records.append(obj)
+    return ReadResult(records, bad)
+
+
+def read_records(data_dir: Path | str) -> ReadResult:
+    """Every record of every records file, oldest first; bad lines are skipped and listed."""
+    records, bad = [], []
+    for path in records_files(data_dir):
+        result = read_file(path)
+        records += result.records
+        bad += result.bad_lines
+    for line in bad:
+        log.warning("%s", line)
+    records.sort(key=lambda r: str(r.get("ts", "")))
+    return ReadResult(records, bad)
+
+
+def deleted_sessions(records: Iterable[dict]) -> set[str]:
+    return {r.get("deleted_session") or r["session"] for r in records if r.get("kind") == "deletion"}
+
+
+def live_records(records: list[dict]) -> list[dict]:
+    """The records a reader should use: those of deleted sessions, and labels and judgements
+    on their turns, are left out (the deletion records themselves stay)."""
+    gone = deleted_sessions(records)
+    if not gone:
+        return list(records)
+    gone_turns = {r["id"] for r in records if r.get("kind") == "turn" and r.get("session") in gone}
+    return [r for r in records if r.get("kind") == "deletion"
+            or (r.get("session") not in gone and r.get("turn_id") not in gone_turns)]
+
+
+# ---- writing ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredAudio:
+    sha256: str
+    path: str  # relative to the data dir: audio/<sha256>.<ext>
+
+
+@dataclass(frozen=True)
+class Deletion:
+    record: dict
+    records_deleted: int
+    audio_removed: list[str]
+
+
+def audio_ext(path: str | Path) -> str:
+    ext = "".join(c for c in Path(path).suffix.lower().lstrip(".") if c.isalnum())[:_MAX_EXT_CHARS]
+    return ext or "bin"
+
+
+class Store:
+    """Appends records to this process's own file in `data_dir/records/` and keeps audio files.
+
+    `lock` serializes writes with a reader of the directory (the Hub push's `scheduler.lock`).
+    """
+
+    def __init__(self, data_dir: Path | str, lock: threading.Lock | None = None):
+        self.data_dir = Path(data_dir).expanduser().resolve()
+        self.records_dir = self.data_dir / RECORDS_DIR
+        self.audio_dir = self.data_dir / AUDIO_DIR
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock or threading.Lock()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.path = self.records_dir / f"{stamp}-{new_id()[:8]}.jsonl"
+        self._file = None  # opened on the first write, held (and flock-ed) while this process lives
+        self._audio_users: dict[str, set[str]] = {}  # sha256 -> sessions that saved it in this process
+        self.recovered = recover_torn_tails(self.data_dir)
+
+    # -- records
+    def append(self, kind: str, session: str, **fields) -> dict:
+        """Write one record and return it once it is on disk."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
+        record = {"kind": kind, "id": new_id(), "ts": now_iso(), "session": session, **fields}
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        with self.lock:
+            f = self._open()
+            f.write(line.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        return record
+
+    def _open(self):
+        if self._file is None:
+            self._file = open(self.path, "ab")
+            if fcntl is not None:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return self._file
+
+    def close(self) -> None:
+        with self.lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def label(self, session: str, turn_id: str, verdict: str, reason: str = "", **fields) -> dict:
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
+        if not turn_id:
+            raise ValueError("a label needs the id of the turn it is about")
+        return self.append("label", session, turn_id=turn_id, verdict=verdict, reason=(reason or "").strip(),
+                           **fields)
+
+    def read(self) -> ReadResult:
+        return read_records(self.data_dir)
+
+    # -- audio
+    def save_audio(self, source: str | Path, session: str, sha256: str | None = None) -> StoredAudio:
+        """Keep a copy of `source` under its content hash (once, whoever sends it again)."""
+        from .audio import sha256_bytes
+
+        digest = sha256 or sha256_bytes(source)
+        rel = f"{AUDIO_DIR}/{digest}.{audio_ext(source)}"
+        dest = self.data_dir / rel
+        with self.lock:
+            self._audio_users.setdefault(digest, set()).add(session)
+            if dest.exists():
+                return StoredAudio(digest, rel)
+        tmp = dest.with_name(f".{digest}.{new_id()[:8]}.tmp")  # copied outside the lock, renamed inside
+        shutil.copyfile(source, tmp)
+        with self.lock:
+            os.replace(tmp, dest)
+        return StoredAudio(digest, rel)
+
+    # -- deletion
+    def delete_session(self, session: str) -> Deletion:
+        """Remove the session's audio (unless another session uses the same file) and write a
+        `deletion` record, after which readers treat the session's records as deleted."""
+        records = live_records(self.read().records)
+        mine = [r for r in records if r.get("session") == session and r.get("kind") != "deletion"]
+        with self.lock:  # no save_audio of this process may slip between the check and the unlink
+            shared = {h for h, users in self._audio_users.items() if users - {session}}
+            shared |= {r.get("audio_sha256") for r in records
+                       if r.get("kind") == "turn" and r.get("session") != session and r.get("audio_path")}
+            paths = sorted({r["audio_path"] for r in mine if r.get("kind") == "turn" and r.get("audio_path")
+                            and r.get("audio_sha256") not in shared})
+            for users in self._audio_users.values():
+                users.discard(session)
+        record = self.append("deletion", session, deleted_session=session, records_deleted=len(mine),
+                             audio_removed=paths)
+        with self.lock:
+            for rel in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.data_dir / rel).unlink()
+        return Deletion(record, len(mine), paths)
+
+
+def recover_torn_tails(data_dir: Path) -> list[Path]:
+    """Make the files of crashed writers whole JSONL again: a torn last line moves to
+    `recovered/` (a complete one only gets its newline). Files held by a live writer (flock)
+    are left alone. Returns the recovered fragments."""
+    if fcntl is None:
+        return []
+    moved = []
+    for path in records_files(data_dir):
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0 or (f.seek(size - 1), f.read(1))[1] == b"\n":
+                continue
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer is in the middle of a line
+            moved += _repair_tail(f, path, Path(data_dir))
+    return moved
+
+
+def _repair_tail(f, path: Path, data_dir: Path) -> list[Path]:
+    f.seek(0)
+    data = f.read()
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:]
+    with contextlib.suppress(ValueError):
+        if isinstance(json.loads(tail), dict):  # whole record, only its newline missing
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return []
+    keep = data_dir / RECOVERED_DIR / f"{path.stem}.{cut}.txt"
+    keep.parent.mkdir(exist_ok=True)
+    keep.write_bytes(tail)
+    f.truncate(cut)
+    f.flush()
+    os.fsync(f.fileno())
+    log.warning("%s: moved a torn last line (%d bytes) to %s", path.name, len(tail), keep)
+    return [keep]
+
+
+# ---- tables ----------------------------------------------------------------------------------
+ANSWER_COLUMNS = ["turn_id", "ts", "session", "conversation", "turn_index", "model", "model_id", "engine",
+                  "modality", "instruction", "question", "response", "transcript", "transcript_heard",
+                  "audio_path", "ttft_s", "total_s", "tokens_per_s", "new_tokens", "label", "label_reason",
+                  "label_ts", "judge", "judge_reason"]
+
+
+def latest_verdicts(records: Iterable[dict], kind: str) -> dict[str, dict]:
+    """turn_id -> the latest `kind` record about it whose verdict still stands (unset retracts)."""
+    latest: dict[str, dict] = {}
+    for r in sorted((r for r in records if r.get("kind") == kind), key=lambda r: str(r.get("ts"))):
+        latest[r["turn_id"]] = r
+    return {t: r for t, r in latest.items() if verdict_of(r) in ("accept", "reject")}
+
+
+def verdict_of(record: dict) -> str | None:
+    """`verdict` (accept|reject|unset); judgements may say `acceptable: bool` instead."""
+    if record.get("verdict") is not None:
+        return str(record["verdict"])
+    if isinstance(record.get("acceptable"), bool):
+        return "accept" if record["acceptable"] else "reject"
+    return None
+
+
+def question_of(turn: dict) -> str:
+    """What was asked, in words: the typed text, or the transcript (known, else heard)."""
+    if turn.get("modality") == "text":
+        return turn.get("text") or ""
+    spoken = turn.get("transcript") or turn.get("transcript_heard") or "(speech)"
+    return f"{turn['instruction']} {spoken}".strip() if turn.get("instruction") else spoken
+
+
+def answers_frame(records: list[dict]):
+    """One row per answered turn (not deleted, not failed) with its human label and judge verdict."""
+    import pandas as pd
+
+    records = live_records(records)
+    labels, judged = latest_verdicts(records, "label"), latest_verdicts(records, "judgement")
+    rows = []
+    for t in records:
+        if t.get("kind") != "turn" or t.get("error"):
+            continue
+        lab, jud = labels.get(t["id"], {}), judged.get(t["id"], {})
+        rows.append({**{k: t.get(k) for k in ANSWER_COLUMNS}, "turn_id": t["id"], "question": question_of(t),
+                     "label": verdict_of(lab) if lab else None, "label_reason": lab.get("reason"),
+                     "label_ts": lab.get("ts"), "judge": verdict_of(jud) if jud else None,
+                     "judge_reason": jud.get("reason")})
+    return pd.DataFrame(rows, columns=ANSWER_COLUMNS)

@@ -1,0 +1,166 @@
+"""Build the offline micro-BLSP model from scratch, resumably, with one command:
+
+    python -m blsp_demo.train.micro run --work runs/micro
+
+Stages (each skipped when its output exists, each resumable when interrupted):
+corpus (espeak-ng TTS) -> encoder feature cache -> step 1 targets -> CTC warm start ->
+step 2 (behavior alignment) -> export to blsp_demo/weights/micro-blsp (with --export).
+`--tiny` runs the same pipeline at toy size (the test suite uses it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..devices import Placement, set_threads
+from .batches import Example
+from .features import cache_features, load_feature_store, read_manifest
+
+
+def init_adapter(model) -> None:
+    """Speech frames start at the scale of the LLM's token embeddings (LayerNorm gain = their RMS)."""
+    rms = model.llama_model.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt()
+    with torch.no_grad():
+        model.speech_ln.weight.fill_(float(rms))
+        model.speech_ln.bias.zero_()
+
+
+def load_examples(targets: Path, keep_ids: set[str] | None = None) -> list[Example]:
+    rows = [json.loads(l) for l in targets.read_text().splitlines() if l.strip()]
+    return [Example(r["id"], r["instruction"], r["transcript"], r["target"], r["kind"], not r.get("truncated", False))
+            for r in rows if not r.get("filtered") and (keep_ids is None or r["id"] in keep_ids)]
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
+            if k.split(".")[0] in ("subsampler", "adapter", "speech_ln")}
+
+
+def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Path:
+    """Write the micro layout: adapter.safetensors + config.json (with its sha256) [+ README.md]."""
+    from safetensors.torch import save_file
+
+    from ..loading import sha256_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / cfg["components"]["adapter"]["file"]
+    save_file(adapter_state(model), str(path), metadata={"format": "pt"})
+    cfg = json.loads(json.dumps(cfg))
+    cfg["components"]["adapter"]["sha256"] = sha256_file(path)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    if card:
+        (folder / "README.md").write_text(card)
+    return folder
+
+
+def run_stage(argv: list[str]) -> None:
+    """Each heavy stage runs in its own process, so memory is freed between stages."""
+    subprocess.run([sys.executable, "-m", *argv], check=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("command", choices=["run", "step2", "warmstart", "export"])
+    p.add_argument("--work", default="runs/micro")
+    p.add_argument("--clips", type=int, default=12000)
+    p.add_argument("--generate", type=int, default=3000, help="rows that get LLM-generated targets in step 1")
+    p.add_argument("--ctc-steps", type=int, default=700)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--kd-weight", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--export", default=None, help="folder to export the adapter to (e.g. blsp_demo/weights/micro-blsp)")
+    p.add_argument("--tiny", action="store_true", help="toy sizes, for tests")
+    args = p.parse_args(argv)
+    set_threads()
+    work = Path(args.work)
+    if args.command == "run":
+        return run_all(args, work)
+    {"warmstart": stage_warmstart, "step2": stage_step2, "export": stage_export}[args.command](args, work)
+
+
+def run_all(args, work: Path) -> None:
+    corpus = work / "corpus"
+    if not (corpus / "train.jsonl").is_file():
+        run_stage(["blsp_demo.train.corpus", "--out", str(corpus), "--num", str(args.clips), "--dev-num",
+                   "200" if not args.tiny else "4", "--test-num", "300" if not args.tiny else "4", "--max-words", "25",
+                   *(["--source", "builtin"] if args.tiny else [])])
+    manifests = [str(corpus / f"{s}.jsonl") for s in ("train", "dev", "test")]
+    run_stage(["blsp_demo.train.features", "--manifest", *manifests, "--out", str(work / "features")])
+    run_stage(["blsp_demo.train.step1", "--manifest", str(corpus / "train.jsonl"), "--out",
+               str(work / "targets.jsonl"), "--limit", str(args.generate)])
+    tiny = ["--tiny"] if args.tiny else []
+    run_stage(["blsp_demo.train.micro", "warmstart", "--work", str(work), "--ctc-steps", str(args.ctc_steps), *tiny])
+    run_stage(["blsp_demo.train.micro", "step2", "--work", str(work), "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size), "--kd-weight", str(args.kd_weight), "--lr", str(args.lr), *tiny])
+    if args.export:
+        run_stage(["blsp_demo.train.micro", "export", "--work", str(work), "--export", args.export])
+
+
+def _micro_model(adapter: dict | None = None):
+    from ..loading import assemble_micro, micro_config
+
+    cfg = micro_config()
+    model, tok, fx = assemble_micro(cfg, Placement(torch.device("cpu"), torch.float32))
+    init_adapter(model)
+    if adapter is not None:
+        model.load_state_dict(adapter, strict=False)
+    return model, tok, cfg
+
+
+def _train_examples(work: Path) -> tuple[list[Example], dict]:
+    features = load_feature_store(work / "features")
+    examples = [e for e in load_examples(work / "targets.jsonl") if e.id in features]
+    # Rows beyond the step-1 limit are repetition pairs: they need no generation.
+    have = {e.id for e in examples}
+    for row in read_manifest(work / "corpus" / "train.jsonl"):
+        if row["id"] not in have and row["id"] in features:
+            examples.append(Example(row["id"], "Please repeat the following words.", row["transcript"], row["transcript"]))
+    return examples, features
+
+
+def stage_warmstart(args, work: Path) -> None:
+    from .warmstart import CtcConfig, train_ctc
+
+    model, tok, _ = _micro_model()
+    examples, features = _train_examples(work)
+    cfg = CtcConfig(steps=args.ctc_steps, batch_size=8 if args.tiny else 32)
+    train_ctc(model, tok, examples, features, cfg, work / "warmstart")
+
+
+def stage_step2(args, work: Path) -> None:
+    from .step2 import Step2Trainer, TrainConfig
+
+    warm = work / "warmstart" / "last.pt"
+    adapter = torch.load(warm, weights_only=False)["adapter"] if warm.is_file() else None
+    model, tok, _ = _micro_model(adapter)
+    examples, features = _train_examples(work)
+    dev_rows = read_manifest(work / "corpus" / "dev.jsonl")[:64]
+    dev = [Example(r["id"], "Please repeat the following words.", r["transcript"], r["transcript"])
+           for r in dev_rows if r["id"] in features]
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, kd_weight=args.kd_weight, lr=args.lr,
+                      eval_every=0 if args.tiny else 200, checkpoint_every_s=300.0,
+                      llm_dtype="float32" if args.tiny else "bfloat16")
+    trainer = Step2Trainer(model, tok, examples, features, cfg, work / "step2", dev=dev)
+    trainer.resume()
+    trainer.train()
+
+
+def stage_export(args, work: Path) -> None:
+    from ..loading import micro_config
+
+    blob = torch.load(work / "step2" / "last.pt", weights_only=False)
+    model, _, cfg = _micro_model(blob["adapter"])
+    folder = export_micro(model, cfg, Path(args.export))
+    print(f"exported to {folder}")
+
+
+if __name__ == "__main__":
+    main()

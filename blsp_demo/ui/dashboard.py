@@ -1,0 +1,152 @@
+"""The Dashboard tab: accept rates (human labels and judge verdicts), agreement, latency.
+
+Figures are built with `matplotlib.figure.Figure` (not pyplot): no global figure state, safe in
+Gradio's worker threads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import gradio as gr
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..store import answers_frame
+from .services import Services
+
+VERDICTS = ("accept", "reject")
+SOURCES = {"label": "human", "judge": "judge"}
+
+
+def accept_rates(frame):
+    """One row per (model, modality, source): n verdicts, n accepted, rate."""
+    import pandas as pd
+
+    rows = []
+    for column, source in SOURCES.items():
+        judged = frame[frame[column].isin(VERDICTS)]
+        for (model, modality), group in judged.groupby(["model", "modality"], sort=True):
+            accepted = int((group[column] == "accept").sum())
+            rows.append({"model": model, "modality": modality, "source": source, "n": len(group),
+                         "accepted": accepted, "rate": accepted / len(group)})
+    return pd.DataFrame(rows, columns=["model", "modality", "source", "n", "accepted", "rate"])
+
+
+def cohen_kappa(a: list[str], b: list[str]) -> float:
+    """Cohen's kappa of two raters over the same items; nan when undefined (no items, or both
+    raters always gave one and the same verdict)."""
+    n = len(a)
+    if n == 0 or n != len(b):
+        return math.nan
+    cats = sorted(set(a) | set(b))
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in cats)
+    return math.nan if expected == 1 else (observed - expected) / (1 - expected)
+
+
+def agreement(frame):
+    """Human vs judge on the answers both rated: (n, kappa, confusion table human x judge)."""
+    import pandas as pd
+
+    both = frame[frame["label"].isin(VERDICTS) & frame["judge"].isin(VERDICTS)]
+    confusion = pd.crosstab(pd.Categorical(both["label"], VERDICTS), pd.Categorical(both["judge"], VERDICTS),
+                            rownames=["human"], colnames=["judge"], dropna=False)
+    return len(both), cohen_kappa(list(both["label"]), list(both["judge"])), confusion
+
+
+def _empty(fig: Figure, text: str) -> Figure:
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, text, ha="center", va="center", color="gray")
+    ax.set_axis_off()
+    return fig
+
+
+def accept_rate_figure(rates) -> Figure:
+    fig = Figure(figsize=(7, 3.6), layout="constrained")
+    if rates.empty:
+        return _empty(fig, "No labelled answers yet")
+    ax = fig.add_subplot()
+    groups = sorted({(m, mod) for m, mod in zip(rates["model"], rates["modality"])})
+    width = 0.38
+    for k, source in enumerate(SOURCES.values()):
+        sub = rates[rates["source"] == source].set_index(["model", "modality"])
+        xs = [i + (k - 0.5) * width for i in range(len(groups))]
+        ys = [sub.loc[g, "rate"] if g in sub.index else 0 for g in groups]
+        bars = ax.bar(xs, ys, width, label=source)
+        for x, g, bar in zip(xs, groups, bars):
+            if g in sub.index:
+                ax.text(x, bar.get_height() + 0.02, f"n={int(sub.loc[g, 'n'])}", ha="center", fontsize=8)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{mod}" for m, mod in groups], fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("accept rate")
+    ax.set_title("Accept rate by model x modality")
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def agreement_figure(n: int, kappa: float, confusion) -> Figure:
+    fig = Figure(figsize=(3.8, 3.4), layout="constrained")
+    if n == 0:
+        return _empty(fig, "No answer has both a human label\nand a judge verdict yet")
+    ax = fig.add_subplot()
+    ax.imshow(confusion.values, cmap="Blues")
+    for (i, j), v in np.ndenumerate(confusion.values):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks(range(2), [f"judge {v}" for v in VERDICTS])
+    ax.set_yticks(range(2), [f"human {v}" for v in VERDICTS])
+    ax.set_title(f"Human vs judge: kappa {kappa:.2f} (n={n})" if not math.isnan(kappa) else f"n={n}, kappa undefined")
+    return fig
+
+
+def latency_figure(frame) -> Figure:
+    fig = Figure(figsize=(8, 3.4), layout="constrained")
+    if frame.empty:
+        return _empty(fig, "No answers logged yet")
+    axes = fig.subplots(1, 2)
+    groups = sorted({(m, mod) for m, mod in zip(frame["model"], frame["modality"])})
+    names = [f"{m}\n{mod}" for m, mod in groups]
+    for ax, column, title in ((axes[0], "ttft_s", "Time to first token (s)"), (axes[1], "tokens_per_s", "Tokens/s")):
+        data = [frame[(frame["model"] == m) & (frame["modality"] == mod)][column].dropna().astype(float).values
+                for m, mod in groups]
+        ax.boxplot(data, tick_labels=names)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(title)
+    return fig
+
+
+def summary_markdown(frame, rates, n: int, kappa: float) -> str:
+    lines = [f"**{len(frame)}** answers logged, **{int(frame['label'].isin(VERDICTS).sum())}** with a human "
+             f"label, **{int(frame['judge'].isin(VERDICTS).sum())}** judged."]
+    if n:
+        lines.append(f"Human-judge agreement on {n} answers: Cohen's kappa **{kappa:.2f}**.")
+    if not frame.empty:
+        lines.append(f"Median time to first token {frame['ttft_s'].median():.2f} s, median "
+                     f"{frame['tokens_per_s'].median():.1f} tokens/s.")
+    return "  \n".join(lines)
+
+
+class DashboardHandlers:
+    def __init__(self, services: Services):
+        self.store = services.store
+
+    def refresh(self):
+        frame = answers_frame(self.store.read().records)
+        rates = accept_rates(frame)
+        n, kappa, confusion = agreement(frame)
+        return (summary_markdown(frame, rates, n, kappa), accept_rate_figure(rates),
+                agreement_figure(n, kappa, confusion), latency_figure(frame), rates)
+
+
+def build_dashboard_tab(services: Services, tab: gr.Tab) -> None:
+    h = DashboardHandlers(services)
+    refresh = gr.Button("Refresh", variant="primary")
+    summary = gr.Markdown()
+    with gr.Row():
+        rates_plot = gr.Plot(label="Accept rate", scale=2)
+        agreement_plot = gr.Plot(label="Agreement", scale=1)
+    latency_plot = gr.Plot(label="Latency")
+    rates_table = gr.Dataframe(label="Accept rates", interactive=False)
+    outputs = [summary, rates_plot, agreement_plot, latency_plot, rates_table]
+    for trigger in (tab.select, refresh.click):
+        trigger(h.refresh, None, outputs, api_visibility="private")

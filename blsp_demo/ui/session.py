@@ -1,0 +1,241 @@
+"""A chat session without the UI: per-session state, answering a turn, labels, reset, deletion.
+
+The Gradio handlers in `chat.py` are thin wrappers around `Chat`; tests drive `Chat` and the
+handlers with a fake engine. State objects are immutable: every step returns a new one, which the
+handler hands back to `gr.State`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+from ..audio import AudioError, probe, sha256_bytes
+from ..config import GenerationOptions, Response
+from ..conversation import Conversation
+from ..store import Deletion, new_id
+from .services import Services, gpu
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """What a session chose in the side panel."""
+
+    model: str
+    options: GenerationOptions = GenerationOptions()
+    keep_audio: bool = True
+
+
+@dataclass(frozen=True)
+class ChatState:
+    """One browser tab (or API client): its id in the records, its conversation, what it shows."""
+
+    session: str = field(default_factory=new_id)
+    conversation: Conversation = field(default_factory=Conversation)
+    history: tuple[dict, ...] = ()  # the chatbot's messages: {"role", "content"}
+    answers: tuple[tuple[int, str], ...] = ()  # (message index of an answer, its turn record id)
+
+    def turn_id_at(self, index: int) -> str | None:
+        return dict(self.answers).get(index)
+
+    @property
+    def user_turns(self) -> int:
+        return sum(t.role == "user" for t in self.conversation.turns)
+
+
+@dataclass(frozen=True)
+class UserInput:
+    """A user turn as it arrives: typed text, or audio with an optional instruction before it."""
+
+    text: str = ""
+    audio: str | None = None
+    instruction: str = ""
+    transcript: str | None = None  # known transcript of the audio (examples); the text engine needs it
+
+    @property
+    def modality(self) -> str:
+        return "speech" if self.audio is not None else "text"
+
+    def check(self) -> "UserInput":
+        if self.audio is None and not self.text.strip():
+            raise ValueError("The message is empty: type a question, or record or upload one.")
+        if self.audio is not None and not str(self.audio).strip():
+            raise AudioError("empty", "No audio arrived: record again or choose a file.")
+        return self
+
+    def add_to(self, conv: Conversation) -> Conversation:
+        if self.audio is not None:
+            return conv.add_speech(self.audio, self.instruction.strip(), self.transcript)
+        return conv.add_text(self.text.strip())
+
+    def messages(self, shown_audio: str | None = None) -> list[dict]:
+        """The chatbot messages for this turn: the instruction, then the audio as a player."""
+        if self.audio is None:
+            return [{"role": "user", "content": self.text.strip()}]
+        head = [{"role": "user", "content": self.instruction.strip()}] if self.instruction.strip() else []
+        return head + [{"role": "user", "content": {"path": shown_audio or self.audio}}]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of an answer: what to show now, and the state to keep."""
+
+    history: list[dict]
+    state: ChatState
+    status: str
+    details: dict | None = None  # set when the turn is done
+    done: bool = False
+
+
+class TurnFailed(Exception):
+    """A turn could not be answered; the message is for the user, the attempt was logged."""
+
+
+@gpu
+def generate(engine, conv: Conversation, options: GenerationOptions):
+    """The only step that needs the accelerator (a ZeroGPU Space allocates it per call)."""
+    yield from engine.stream(conv, options)
+
+
+def verdict_from_liked(liked) -> str:
+    """gr.LikeData.liked: True (thumbs up), False (down), "" (the same thumb again: retract)."""
+    if liked is True or liked in ("Like", "like"):
+        return "accept"
+    if liked is False or liked in ("Dislike", "dislike"):
+        return "reject"
+    return "unset"
+
+
+class Chat:
+    """Answers turns and records them; one instance serves every session."""
+
+    def __init__(self, services: Services):
+        self.services = services
+        self.store = services.store
+        self.pool = services.pool
+
+    # -- answering
+    def answer(self, state: ChatState, settings: ChatSettings, inp: UserInput) -> Iterator[Progress]:
+        """Stream the answer to `inp`; log the turn. Raises TurnFailed (after logging the
+        attempt) with the state untouched when the turn cannot be answered."""
+        t0 = time.perf_counter()
+        fields = self._turn_fields(state, settings, inp)
+        try:
+            inp.check()
+            shown = None
+            if inp.audio is not None:
+                audio_fields, shown = self._keep_audio(inp.audio, settings.keep_audio, state.session)
+                fields.update(audio_fields)
+            conv = inp.add_to(state.conversation)
+            history = [*state.history, *inp.messages(shown)]
+            loading = not self.pool.is_loaded(settings.model)
+            yield Progress(history, state, f"Loading {settings.model} (first use)…" if loading else "Thinking…")
+            engine = self.pool.get(settings.model)
+            fields.update(model_id=engine.model_id, revision=getattr(engine, "revision", ""), engine=engine.name)
+            response, app_ttft = None, None
+            for chunk in generate(engine, conv, settings.options):
+                app_ttft = app_ttft if app_ttft is not None else time.perf_counter() - t0
+                response = chunk.response or response
+                yield Progress([*history, {"role": "assistant", "content": chunk.text}], state, "Answering…")
+        except Exception as err:  # noqa: BLE001 - every failure is logged and shown; the state stays
+            raise TurnFailed(self._log_failure(state, fields, err)) from err
+        yield self._finish(state, history, conv, fields, response, app_ttft)
+
+    def _finish(self, state, history, conv, fields, response: Response, app_ttft) -> Progress:
+        record = self.store.append("turn", state.session, **fields, **response_fields(response),
+                                   app_ttft_s=app_ttft, error=None, error_code=None)
+        history = [*history, {"role": "assistant", "content": response.text}]
+        index = len(history) - 1
+        new = replace(state, conversation=conv.add_reply(response.text), history=tuple(history),
+                      answers=state.answers + ((index, record["id"]),))
+        details = {"turn_id": record["id"], "message_index": index, "model": fields["model"],
+                   "engine": fields.get("engine"), "response": response.text,
+                   "transcript_heard": response.transcript, "ttft_s": round(response.ttft_s, 3),
+                   "app_ttft_s": round(app_ttft or 0.0, 3), "total_s": round(response.total_s, 3),
+                   "tokens_per_s": round(response.tokens_per_s, 2), "new_tokens": response.new_tokens,
+                   "notices": list(response.notices)}
+        return Progress(history, new, status_line(fields["model"], response), details, done=True)
+
+    def _turn_fields(self, state: ChatState, settings: ChatSettings, inp: UserInput) -> dict:
+        return {"conversation": state.conversation.id, "turn_index": state.user_turns,
+                "modality": inp.modality, "instruction": inp.instruction.strip() if inp.audio else "",
+                "text": inp.text.strip() if inp.audio is None else "", "transcript": inp.transcript,
+                "audio_sha256": None, "audio_path": None, "audio_kept": None, "audio_duration_s": None,
+                "audio_sample_rate": None, "audio_channels": None, "audio_codec": None,
+                "model": settings.model, "model_id": None, "revision": None, "engine": None,
+                "options": settings.options.to_dict()}
+
+    def _keep_audio(self, path: str, keep: bool, session: str) -> tuple[dict, str | None]:
+        """Store the audio (when the person agreed) and describe it; returns (fields, path to show)."""
+        from pathlib import Path
+
+        if not Path(path).is_file():
+            raise AudioError("not_found", "The audio did not arrive on the server; record or upload it again.")
+        digest = sha256_bytes(path)
+        stored = self.store.save_audio(path, session, digest) if keep else None
+        fields = {"audio_sha256": digest, "audio_path": stored.path if stored else None, "audio_kept": keep}
+        info = probe(path)  # AudioError when it is not audio at all
+        fields.update(audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
+                      audio_channels=info.source_channels, audio_codec=info.codec)
+        return fields, str(self.store.data_dir / stored.path) if stored else None
+
+    def _log_failure(self, state: ChatState, fields: dict, err: Exception) -> str:
+        user_error = isinstance(err, (ValueError, RuntimeError))  # AudioError, bad input, WeightsError
+        message = str(err) if user_error else f"Something went wrong ({type(err).__name__}: {err})."
+        if not user_error:
+            log.exception("turn failed", exc_info=err)
+        try:
+            self.store.append("turn", state.session, **fields, **response_fields(None),
+                              error=message, error_code=getattr(err, "code", type(err).__name__))
+        except OSError:
+            log.exception("could not log a failed turn")
+        return message
+
+    # -- labels, reset, deletion
+    def label(self, state: ChatState, index: int, verdict: str, reason: str = "",
+              source: str = "chat") -> dict:
+        """A label record on the answer shown at chatbot message `index` (negative: from the end)."""
+        index = int(index)
+        if index < 0:
+            index += len(state.history)
+        turn_id = state.turn_id_at(index)
+        if turn_id is None:
+            raise ValueError(f"Message {index} is not an answer of this conversation; "
+                             f"answers are at {[i for i, _ in state.answers] or 'no index yet'}.")
+        return self.store.label(state.session, turn_id, verdict, reason, source=source, message_index=index)
+
+    def reset(self, state: ChatState) -> ChatState:
+        """A new conversation in the same session; the old one's KV cache is dropped."""
+        self.pool.forget(state.conversation.id)
+        return ChatState(session=state.session)
+
+    def delete_session(self, state: ChatState) -> tuple[ChatState, Deletion]:
+        """Delete everything this session logged; carry on as a new session."""
+        self.pool.forget(state.conversation.id)
+        deletion = self.store.delete_session(state.session)
+        return ChatState(), deletion
+
+
+def response_fields(response: Response | None) -> dict:
+    if response is None:
+        return {"response": None, "transcript_heard": None, "ttft_s": None, "total_s": None, "new_tokens": None,
+                "tokens_per_s": None, "prefill_tokens": None, "cached_tokens": None, "finish_reason": None,
+                "notices": []}
+    return {"response": response.text, "transcript_heard": response.transcript, "ttft_s": response.ttft_s,
+            "total_s": response.total_s, "new_tokens": response.new_tokens, "tokens_per_s": response.tokens_per_s,
+            "prefill_tokens": response.prefill_tokens, "cached_tokens": response.cached_tokens,
+            "finish_reason": response.finish_reason, "notices": list(response.notices)}
+
+
+def status_line(model: str, response: Response) -> str:
+    parts = [f"**{model}**"]
+    if response.transcript is not None:
+        parts.append(f"heard \u201c{response.transcript}\u201d")
+    parts.append(f"first token {response.ttft_s:.2f} s")
+    if response.tokens_per_s:
+        parts.append(f"{response.tokens_per_s:.1f} tokens/s")
+    return " · ".join(parts) + "".join(f"  \n{n}" for n in response.notices)

@@ -1,0 +1,132 @@
+"""Behavior-alignment training on a tiny random BLSP: the loss goes down, checkpoints reload
+identically and resume at the same step; the CTC warm start and step-1 filters work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from blsp_demo.train.batches import Example, length_buckets, pad_rows, prompt_ids, target_ids
+from blsp_demo.train.step1 import assign_kinds, filter_reason, parse_kinds
+from blsp_demo.train.step2 import Step2Trainer, TrainConfig, lr_at
+from blsp_demo.train.warmstart import CtcConfig, train_ctc
+
+SENTENCES = ["hello world how are you", "the quick brown fox jumps", "one two three four five",
+             "what is the capital of france", "i am fine thank you", "six seven eight nine ten"]
+
+
+@pytest.fixture()
+def tiny(official_checkpoint):
+    from transformers import AutoTokenizer
+
+    from blsp_demo.model.blsp import BlspModel
+
+    torch.manual_seed(0)
+    model = BlspModel.from_pretrained(official_checkpoint)
+    with torch.no_grad():  # a sharper random LLM: with the default 0.02 init its output ignores the input
+        for name, p in model.llama_model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.25)
+    tok = AutoTokenizer.from_pretrained(official_checkpoint)
+    examples = [Example(f"u{i}", "Please repeat the following words.", s, s) for i, s in enumerate(SENTENCES)]
+    g = torch.Generator().manual_seed(1)
+    features = {e.id: torch.randn(160 + 16 * i, 32, generator=g).half() for i, e in enumerate(examples)}
+    return model, tok, examples, features
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(steps=30, batch_size=3, lr=3e-3, warmup=3, eval_every=0, llm_dtype="float32",
+                template="blsp", max_target_tokens=12, checkpoint_every_s=1e9)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_loss_goes_down_and_checkpoint_resumes(tiny, tmp_path):
+    model, tok, examples, features = tiny
+    trainer = Step2Trainer(model, tok, examples, features, config(), tmp_path / "run")
+    first = trainer.losses(examples[:3])["loss"].item()
+    state = trainer.train()
+    assert state.step == 30 and (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "loss.png").is_file()
+    last = sum(r["loss"] for r in state.log[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    # Only the adapter moved.
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(("llama_model", "whisper_model")))
+
+    # A fresh trainer resumes at the same step with identical adapter weights and optimizer state.
+    clone = Step2Trainer(_reload(model), tok, examples, features, config(steps=40), tmp_path / "run")
+    assert clone.resume() and clone.state.step == 30
+    for (k, a), (_, b) in zip(trainer.core.state_dict().items(), clone.core.state_dict().items()):
+        if k.split(".")[0] in ("subsampler", "adapter", "speech_ln"):
+            assert torch.equal(a, b), k
+    with torch.no_grad():
+        assert clone.losses(examples[:3])["loss"].item() == pytest.approx(trainer.losses(examples[:3])["loss"].item(), abs=1e-6)
+    clone.train()
+    assert clone.state.step == 40 and [r["step"] for r in clone.state.log] == list(range(1, 41))
+
+
+def _reload(model):
+    """A second copy of the same tiny model (as a new process would load it)."""
+    import copy
+
+    fresh = copy.deepcopy(model)
+    with torch.no_grad():  # scramble the adapter: resume must restore it
+        for p in list(fresh.adapter.parameters()) + list(fresh.subsampler.parameters()):
+            p.normal_()
+    return fresh
+
+
+def test_kd_and_ce_only_both_train(tiny, tmp_path):
+    model, tok, examples, features = tiny
+    trainer = Step2Trainer(model, tok, examples, features, config(kd_weight=0.0, steps=5), tmp_path / "ce")
+    out = trainer.losses(examples[:2])
+    assert "kd" not in out and out["loss"].item() == pytest.approx(out["ce"].item())
+    trainer = Step2Trainer(model, tok, examples, features, config(kd_weight=1.0, steps=5), tmp_path / "kd")
+    out = trainer.losses(examples[:2])
+    assert out["kd"].item() >= 0 and out["loss"].item() == pytest.approx(out["ce"].item() + out["kd"].item(), rel=1e-5)
+
+
+def test_ctc_warm_start_learns(tiny, tmp_path):
+    model, tok, examples, features = tiny
+    log = train_ctc(model, tok, examples, features, CtcConfig(steps=60, batch_size=3, lr=5e-3, warmup=3), tmp_path / "ctc")
+    assert log[0]["ctc"] > 1.0 and log[-1]["ctc"] < 0.5 * log[0]["ctc"]
+    blob = torch.load(tmp_path / "ctc" / "last.pt", weights_only=False)
+    assert blob["step"] == 60 and set(k.split(".")[0] for k in blob["adapter"]) == {"subsampler", "adapter", "speech_ln"}
+
+
+def test_batches_put_targets_after_prompts(tiny):
+    model, tok, examples, _ = tiny
+    from blsp_demo.prompts import get_template
+
+    tokenize = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    tpl = get_template("blsp")
+    student = prompt_ids(tpl, tokenize, tok.bos_token_id, "Please repeat the following words.", speech_len=5)
+    teacher = prompt_ids(tpl, tokenize, tok.bos_token_id, "Please repeat the following words.", transcript="hello world")
+    assert student.count(-200) == 5 and -200 not in teacher and student[0] == teacher[0] == tok.bos_token_id
+    target = target_ids(tokenize, [tok.eos_token_id], examples[0], 40)
+    batch = pad_rows([student, teacher], [target, target], 0)
+    for b, prompt in enumerate([student, teacher]):
+        pos = batch.target_pos[b]
+        assert pos[0] == len(prompt) - 1 and len(pos) == len(target)
+        assert batch.labels[b, pos[0] + 1].item() == target[0]
+    buckets = length_buckets([5, 50, 6, 51, 7, 52], 2, seed=0, epoch=0)
+    assert sorted(i for b in buckets for i in b) == list(range(6))
+    lengths = [5, 50, 6, 51, 7, 52]
+    flat = [lengths[i] for b in sorted(buckets, key=lambda b: lengths[b[0]]) for i in b]
+    assert flat == sorted(lengths)  # neighbours in length share a batch
+
+
+def test_step1_kinds_and_filters():
+    kinds = parse_kinds("continue:3,repeat:1")
+    assert kinds == {"continue": 0.75, "repeat": 0.25}
+    a = assign_kinds([f"id{i}" for i in range(400)], kinds, seed=0)
+    assert a == assign_kinds([f"id{i}" for i in range(400)], kinds, seed=0)
+    assert 0.65 < sum(v == "continue" for v in a.values()) / 400 < 0.85
+    assert filter_reason("the cat sat", "", 3, 48, "continue") == "empty"
+    assert filter_reason("the cat sat", "The cat sat.", 4, 48, "continue") == "echo-only"
+    assert filter_reason("the cat sat", "The cat sat on the warm mat all day.", 12, 48, "continue") is None
+    assert filter_reason("the cat sat", "word " * 48, 48, 48, "continue") == "over-long"
+    assert filter_reason("the cat sat", "word " * 48, 48, 48, "respond") is None
+    assert lr_at(0, TrainConfig(lr=1.0, warmup=10, steps=100)) == pytest.approx(0.1)
+    assert lr_at(100, TrainConfig(lr=1.0, warmup=10, steps=100)) == pytest.approx(0.1)
