@@ -63,7 +63,8 @@ def run_turns(engine, conv, turns, options, as_json: bool) -> int:
             response = chunk.response or response
         conv = conv.add_reply(response.text)
         if as_json:
-            print(json.dumps({"model": engine.model_id, "system": engine.name, **response.to_dict()}, ensure_ascii=False))
+            print(json.dumps({"model": engine.model_id, "system": engine.name, "response": response.text,
+                              **response.to_dict()}, ensure_ascii=False))
         else:
             print(f"\n[{response.ttft_s * 1000:.0f} ms to first token, {response.tokens_per_s:.1f} tokens/s]",
                   file=sys.stderr)

@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VOICE, SPEED, PITCH = "en-us", 150, 50  # espeak-ng -v, -s (words per minute), -p
+VOICE, SPEED, PITCH = "en-us", 120, 50  # espeak-ng -v, -s (words per minute), -p
 
 # (file stem, what is said, instruction placed before the speech)
 EXAMPLES = [
     ("capital_of_france", "What is the capital of France?", ""),
     ("spider_legs", "How many legs does a spider have?", ""),
-    ("boiling_point", "At what temperature does water boil?", ""),
+    ("largest_planet", "What is the largest planet in our solar system?", ""),
     ("sky_blue", "Why is the sky blue?", ""),
     ("cat_name", "Can you suggest a name for a black cat?", ""),
     ("repeat_fox", "The quick brown fox jumps over the lazy dog.", "Please repeat the following words."),

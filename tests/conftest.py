@@ -34,8 +34,36 @@ def tts_question(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tts") / "question.wav"
     raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "What is the capital of France?"],
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "what is the capital of france"],
                    check=True)
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(raw), "-ar", "16000", "-ac", "1",
                     str(out)], check=True)
     return out
+
+
+# ---- the real app (issue 3): in-process on the offline default model --------------------------
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory):
+    """The real app on micro-cascade (real offline weights), launched in this process on a free
+    port with a fresh data dir. Yields an object with `url`, `data_dir`, `services`."""
+    from types import SimpleNamespace
+
+    from blsp_demo.config import AppSettings
+    from blsp_demo.ui import Services, build_demo, launch_options
+
+    os.environ["BLSP_THREADS"] = "1"
+    data_dir = tmp_path_factory.mktemp("app-data")
+    services = Services.create(AppSettings(model="micro-cascade", data_dir=data_dir))
+    services.pool.get("micro-cascade")  # load before the first request: tests time the answers
+    demo = build_demo(services)
+    demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
+    yield SimpleNamespace(url=demo.local_url, data_dir=data_dir, services=services)
+    demo.close()

@@ -86,11 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--window", default="trimmed", choices=["trimmed", "full"])
     p.add_argument("--shard-size", type=int, default=500)
+    p.add_argument("--limit", type=int, default=None, help="only the first N rows of each manifest")
     args = p.parse_args(argv)
     from ..devices import set_threads
 
     set_threads()
-    rows = [r for m in args.manifest for r in read_manifest(Path(m))]
+    rows = [r for m in args.manifest for r in read_manifest(Path(m))[: args.limit]]
     n = cache_features(rows, Path(args.out), window=args.window, shard_size=args.shard_size)
     print(f"cached {n} clips in {args.out}")
 

@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("command", choices=["run", "step2", "warmstart", "export"])
     p.add_argument("--work", default="runs/micro")
     p.add_argument("--clips", type=int, default=12000)
+    p.add_argument("--train-clips", type=int, default=6000, help="train clips to encode and train on")
     p.add_argument("--generate", type=int, default=3000, help="rows that get LLM-generated targets in step 1")
     p.add_argument("--ctc-steps", type=int, default=700)
     p.add_argument("--steps", type=int, default=3000)
@@ -93,7 +94,8 @@ def run_all(args, work: Path) -> None:
                    "200" if not args.tiny else "4", "--test-num", "300" if not args.tiny else "4", "--max-words", "25",
                    *(["--source", "builtin"] if args.tiny else [])])
     manifests = [str(corpus / f"{s}.jsonl") for s in ("train", "dev", "test")]
-    run_stage(["blsp_demo.train.features", "--manifest", *manifests, "--out", str(work / "features")])
+    run_stage(["blsp_demo.train.features", "--manifest", *manifests, "--out", str(work / "features"),
+               "--limit", str(args.train_clips)])
     run_stage(["blsp_demo.train.step1", "--manifest", str(corpus / "train.jsonl"), "--out",
                str(work / "targets.jsonl"), "--limit", str(args.generate)])
     tiny = ["--tiny"] if args.tiny else []

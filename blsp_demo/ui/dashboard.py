@@ -119,7 +119,8 @@ def summary_markdown(frame, rates, n: int, kappa: float) -> str:
     lines = [f"**{len(frame)}** answers logged, **{int(frame['label'].isin(VERDICTS).sum())}** with a human "
              f"label, **{int(frame['judge'].isin(VERDICTS).sum())}** judged."]
     if n:
-        lines.append(f"Human-judge agreement on {n} answers: Cohen's kappa **{kappa:.2f}**.")
+        shown = "undefined (one verdict only)" if math.isnan(kappa) else f"**{kappa:.2f}**"
+        lines.append(f"Human-judge agreement on {n} answers: Cohen's kappa {shown}.")
     if not frame.empty:
         lines.append(f"Median time to first token {frame['ttft_s'].median():.2f} s, median "
                      f"{frame['tokens_per_s'].median():.1f} tokens/s.")

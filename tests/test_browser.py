@@ -1,0 +1,131 @@
+"""A real browser against the real app: headless Chromium with a fake microphone that plays a
+spoken question (espeak-ng). Record, get a streamed answer from the real model, type a follow-up,
+thumbs up and down, then find the turn and label records in the data dir. Screenshots of the three
+tabs go to test-output/ (gitignored).
+
+Needs apt's /usr/bin/chromium and pip's playwright (never `playwright install`)."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from blsp_demo.store import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+SPOKEN = ROOT / "examples" / "capital_of_france.wav"
+OUT = ROOT / "test-output"
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream"]
+RECORD_MS = 3500
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs chromium (apt install chromium)")]
+
+
+@pytest.fixture(scope="module")
+def mic_wav(tmp_path_factory) -> Path:
+    """The question, then silence: Chromium loops the file while the recorder runs."""
+    out = tmp_path_factory.mktemp("mic") / "question_then_silence.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(SPOKEN), "-af", "apad=pad_dur=4",
+                    str(out)], check=True)
+    return out
+
+
+def wait_for(condition, timeout: float, what: str, poll: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_browser_speak_type_and_label(live_app, mic_wav):
+    from playwright.sync_api import expect, sync_playwright
+
+    OUT.mkdir(exist_ok=True)
+    before = {r["id"] for r in read_records(live_app.data_dir).records}
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="chromium-"), executable_path=str(CHROMIUM), headless=True,
+            args=[*FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"], viewport={"width": 1280, "height": 1000})
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.goto(live_app.url)
+            page.wait_for_selector("#mic button.record-button", timeout=60000)
+            bots = page.locator("#chat .message.bot")
+            status = page.locator("#status")
+
+            # ---- a spoken question through the microphone
+            page.click("#mic button.record-button")
+            page.wait_for_timeout(RECORD_MS)
+            page.click("#mic button.stop-button")
+            t0 = time.monotonic()
+            partials: list[tuple[float, str]] = []  # (seconds after stop, answer text so far)
+
+            def answered():
+                text = bots.first.inner_text() if bots.count() else ""
+                if text.strip() and (not partials or partials[-1][1] != text):
+                    partials.append((time.monotonic() - t0, text))
+                return "first token" in status.inner_text() and bots.count() == 1
+
+            wait_for(answered, 180, "the spoken question's answer")
+            answer = bots.first.inner_text()
+            print(f"\nbrowser: first answer text {partials[0][0]:.2f} s after stop (upload + ASR + LLM), "
+                  f"whole answer {partials[-1][0]:.2f} s; {len(partials)} partial renders")
+            assert "paris" in answer.lower(), answer
+            assert len(partials) >= 2, f"the answer did not stream: {partials}"
+            assert page.locator("#chat audio").count() >= 1  # the question as a player
+
+            # ---- a typed follow-up
+            page.fill("#text_in textarea", "What language do people speak there?")
+            page.press("#text_in textarea", "Enter")
+            wait_for(lambda: bots.count() == 2 and bots.nth(1).inner_text().strip()
+                     and "first token" in status.inner_text() and "heard" not in status.inner_text(),
+                     180, "the typed follow-up's answer")
+
+            # ---- thumbs up on the first answer, down on the second (labels flip to Liked/Disliked)
+            likes = page.locator('#chat button[aria-label="Like"], #chat button[aria-label="Liked"]')
+            dislikes = page.locator('#chat button[aria-label="Dislike"], #chat button[aria-label="Disliked"]')
+            page.fill("#reason textarea", "right city")
+            likes.nth(0).click()
+            expect(status).to_contain_text("accept", timeout=15000)
+            dislikes.nth(1).click()
+            expect(status).to_contain_text("reject", timeout=15000)
+            page.screenshot(path=str(OUT / "browser-chat.png"), full_page=True)
+
+            page.get_by_role("tab", name="Annotate").click()
+            expect(page.locator("#answers")).to_contain_text("What language", timeout=30000)
+            page.locator("#answers tbody tr").first.click()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(OUT / "browser-annotate.png"), full_page=True)
+            page.get_by_role("tab", name="Dashboard").click()
+            page.wait_for_timeout(4000)
+            page.screenshot(path=str(OUT / "browser-dashboard.png"), full_page=True)
+        finally:
+            ctx.close()
+
+    new = [r for r in read_records(live_app.data_dir).records if r["id"] not in before]
+    turns = [r for r in new if r["kind"] == "turn"]
+    labels = [r for r in new if r["kind"] == "label"]
+    assert [t["modality"] for t in turns] == ["speech", "text"] and len({t["session"] for t in new}) == 1
+    speech, text = turns
+    print(f"browser spoken turn: ttft {speech['ttft_s']:.2f} s (app {speech['app_ttft_s']:.2f} s), "
+          f"heard {speech['transcript_heard']!r}, audio {speech['audio_duration_s']} s at "
+          f"{speech['audio_sample_rate']} Hz")
+    assert "capital of france" in speech["transcript_heard"].lower()
+    assert (live_app.data_dir / speech["audio_path"]).is_file() and speech["audio_sample_rate"] in (44100, 48000)
+    assert abs(speech["audio_duration_s"] - RECORD_MS / 1000) < 1.0
+    assert [(lab["turn_id"], lab["verdict"], lab["reason"]) for lab in labels] == \
+        [(speech["id"], "accept", "right city"), (text["id"], "reject", "")]
+    assert not [e for e in errors if "favicon" not in e], errors
