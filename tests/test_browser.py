@@ -17,13 +17,13 @@ import pytest
 from blsp_demo.store import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
-SPOKEN = ROOT / "examples" / "capital_of_france.wav"
+QUESTION = "What is the capital of France?"
 OUT = ROOT / "test-output"
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
          "--use-fake-device-for-media-stream"]
-RECORD_MS = 3500
+RECORD_MS = 4500
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not CHROMIUM.exists(), reason="needs chromium (apt install chromium)")]
@@ -31,10 +31,13 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory) -> Path:
-    """The question, then silence: Chromium loops the file while the recorder runs."""
-    out = tmp_path_factory.mktemp("mic") / "question_then_silence.wav"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(SPOKEN), "-af", "apad=pad_dur=4",
-                    str(out)], check=True)
+    """The question, slowly (the browser's audio processing blurs 120+ wpm espeak for Whisper base),
+    then silence: Chromium loops the file while the recorder runs."""
+    folder = tmp_path_factory.mktemp("mic")
+    raw, out = folder / "raw.wav", folder / "question_then_silence.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "100", "-w", str(raw), QUESTION], check=True)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(raw), "-ar", "16000", "-ac", "1",
+                    "-af", "apad=pad_dur=5", str(out)], check=True)
     return out
 
 

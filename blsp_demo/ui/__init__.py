@@ -17,7 +17,7 @@ INTRO = (
     "## {title}\n"
     "Speak (record or upload) or type; switch freely within one conversation. A frozen Whisper encoder "
     "feeds a frozen LLM through a trained adapter (BLSP); *cascade* models transcribe with Whisper first. "
-    "Rate every answer with 👍/👎. Off localhost the browser only offers the microphone over **HTTPS**."
+    "Rate every answer with the thumbs under it. Off localhost the browser only offers the microphone over **HTTPS**."
 )
 
 

@@ -100,7 +100,7 @@ def _user_messages(turn: dict, data_dir: Path) -> list[dict]:
     if audio is not None and audio.is_file():
         out.append({"role": "user", "content": {"path": str(audio)}})
     heard = turn.get("transcript") or turn.get("transcript_heard")
-    out.append({"role": "user", "content": f"🎙️ (speech{', audio not kept' if audio is None else ''}) "
+    out.append({"role": "user", "content": f"(speech{', audio not kept' if audio is None else ''}) "
                                           f"{heard or ''}".strip()})
     return out
 
@@ -193,8 +193,8 @@ def build_annotate_tab(services: Services, chat_state: gr.State, tab: gr.Tab) ->
         with gr.Column():
             reason = gr.Textbox(label="Reason (optional)", lines=2)
             with gr.Row():
-                accept = gr.Button("👍 Accept", variant="primary")
-                reject = gr.Button("👎 Reject", variant="stop")
+                accept = gr.Button("Accept", variant="primary")
+                reject = gr.Button("Reject", variant="stop")
                 unset = gr.Button("Clear label")
             status = gr.Markdown()
             with gr.Row():

@@ -21,7 +21,7 @@ from .session import Chat, ChatSettings, ChatState, TurnFailed, UserInput, verdi
 
 CONSENT = (
     "**Your data.** Questions you type or speak, and the answers, are logged to evaluate the model "
-    "(with the audio, unless you untick *Keep my audio*){hub}. Labels (👍/👎) are logged too. "
+    "(with the audio, unless you untick *Keep my audio*){hub}. Your thumbs up/down labels are logged too. "
     "*Delete my data* removes this session's audio and marks its records deleted, so they are left out "
     "of every view and export. Don't say anything you would not want stored."
 )
@@ -58,7 +58,7 @@ class ChatHandlers:
                 yield step.history, step.details if step.done else gr.skip(), step.status, cleared, step.state
         except TurnFailed as err:
             # give the input back so the person can fix it; the conversation is as it was
-            yield list(state.history), gr.skip(), f"⚠️ {err}", sent, state
+            yield list(state.history), gr.skip(), f"**Error:** {err}", sent, state
             raise gr.Error(str(err), print_exception=False) from None
 
     def on_like(self, state: ChatState | None, reason: str, evt: gr.LikeData):
@@ -82,8 +82,8 @@ class ChatHandlers:
             if not quiet:
                 raise
             gr.Warning(str(err))
-            return f"⚠️ {err}", gr.skip()
-        shown = {"accept": "👍 accept", "reject": "👎 reject", "unset": "label removed"}[verdict]
+            return f"**Error:** {err}", gr.skip()
+        shown = {"accept": "accept (thumbs up)", "reject": "reject (thumbs down)", "unset": "label removed"}[verdict]
         return f"Saved {shown} for answer at message {record['message_index']} (label {record['id'][:8]}).", ""
 
     def reset(self, state: ChatState | None):
@@ -127,7 +127,7 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
                 text_in = gr.Textbox(label="Message", show_label=False, placeholder="Type a message and press Enter",
                                      elem_id="text_in", scale=5, lines=1, max_lines=6)
                 send = gr.Button("Send", variant="primary", scale=1, min_width=80)
-            reason = gr.Textbox(label="Reason for your 👍/👎 (optional, saved with the next click)",
+            reason = gr.Textbox(label="Reason for your thumbs up/down (optional, saved with the next click)",
                                 elem_id="reason", lines=1)
             with gr.Row():
                 mic = gr.Audio(sources=["microphone", "upload"], type="filepath", elem_id="mic",
@@ -140,7 +140,7 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
                     instruction = gr.Textbox(label="Instruction", elem_id="instruction", lines=2,
                                              placeholder="Optional text placed before your speech")
             examples = gr.Dataset(components=[gr.Textbox(visible=False)], type="index", label="Spoken examples",
-                                  samples=[[f"🔊 {ex.label}"] for ex in services.examples], samples_per_page=8,
+                                  samples=[[ex.label] for ex in services.examples], samples_per_page=8,
                                   visible=bool(services.examples), elem_id="examples")
         with gr.Column(scale=1, min_width=260):
             model = gr.Dropdown(services.model_choices, value=default.model, label="Model", elem_id="model")

@@ -1,0 +1,307 @@
+"""The evaluation harness: batch runs, resume, tables, log judging, representation analysis."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from blsp_demo.audio import AudioError
+from blsp_demo.config import Response
+from evaluations import run as R
+from evaluations import representation as REP
+from evaluations.judge_logs import agreement_report, judge_turns, turns_to_judge
+
+
+def write_wav(path: Path, seconds: float = 0.6, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(16000 * seconds)) / 16000
+    sf.write(path, (0.3 * np.sin(2 * np.pi * (200 + 40 * seed) * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32), 16000)
+    return path.name
+
+
+ASR_TEXTS = ["the cat sat on the mat", "a red ball", "green trees grow tall", "we like warm bread",
+             "rain falls on the roof", "open the blue door", "birds sing at dawn"]
+
+
+def asr_manifest(tmp_path: Path, missing: bool = True) -> Path:
+    rows = []
+    for i, text in enumerate(ASR_TEXTS):
+        audio = write_wav(tmp_path / f"a{i}.wav", seed=i) if not (missing and i == 3) else "gone.wav"
+        rows.append({"id": f"u{i}", "audio": audio, "reference": text, "transcript": text, "task": "asr"})
+    path = tmp_path / "asr.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class FakeEngine:
+    """respond_batch like ChatEngine's: a missing file fails its row only. The text system repeats
+    the transcript; cascade drops the last word; blsp answers one word. `stop_after` batches, it
+    raises KeyboardInterrupt (a run killed midway)."""
+
+    def __init__(self, system: str, calls: list, stop_after: int | None = None):
+        self.name, self.model_id, self.revision = system, f"fake-{system}", "r1"
+        self.calls, self.stop_after = calls, stop_after
+
+    def respond_batch(self, convs, options, batch_size=8, on_error=None):
+        if self.stop_after is not None and len(self.calls) >= self.stop_after:
+            raise KeyboardInterrupt
+        self.calls.append(len(convs))
+        out = []
+        for i, conv in enumerate(convs):
+            turn = conv.last_user
+            if not Path(turn.audio).is_file():
+                on_error(i, AudioError("not_found", f"The audio file {Path(turn.audio).name!r} does not exist."))
+                out.append(None)
+                continue
+            words = turn.transcript.split()
+            text = {"text": " ".join(words), "cascade": " ".join(words[:-1]), "blsp": "hello"}[self.name]
+            if "intent" in turn.text:
+                text = {"text": "The intent is get weather.", "cascade": "play music", "blsp": "I am not sure"}[self.name]
+            out.append(Response(text=text, ttft_s=0.1, total_s=0.2, new_tokens=3, options=options))
+        return out
+
+
+def args(manifest: Path, out: Path, task: str = "asr", **kw):
+    ns = R.parser().parse_args(["--manifest", str(manifest), "--task", task, "--model", "micro-blsp",
+                                "--out", str(out), "--batch-size", "2", "--judge", "none"])
+    for k, v in kw.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def factory(calls, stop_after=None, fail=()):
+    def make(spec, system):
+        assert spec == f"micro-{system}"  # the micro siblings
+        if system in fail:
+            raise RuntimeError(f"{spec}: the trained adapter is not there yet")
+        return FakeEngine(system, calls, stop_after)
+    return make
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_predictions_and_paper_style_tables(tmp_path):
+    manifest = asr_manifest(tmp_path)
+    out = tmp_path / "out"
+    calls = []
+    scores = R.evaluate(args(manifest, out), factory(calls))
+    preds = R.read_jsonl(out / "predictions.jsonl")
+    assert len(preds) == 3 * len(ASR_TEXTS)
+    failed = [p for p in preds if p["error"]]
+    assert {p["id"] for p in failed} == {"u3"} and failed[0]["error_code"] == "not_found"
+    assert calls and max(calls) == 2  # batched
+    wer = {s.system: s for s in scores}
+    # text: only the failed row is wrong: 4 deletions out of 30 reference words
+    n_words = sum(len(t.split()) for t in ASR_TEXTS)
+    assert wer["text"].score == pytest.approx(100 * 4 / n_words)
+    # cascade drops one word per answered row (6) plus the failed row's 4 words
+    assert wer["cascade"].score == pytest.approx(100 * (6 + 4) / n_words)
+    assert wer["text"].n == 7 and wer["text"].n_errors == 1 and wer["text"].ci_low <= wer["text"].score <= wer["text"].ci_high
+    md = (out / "results.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table] == ["System", "Text+LLM", "Whisper+LLM", "BLSP"]
+    assert "asr WER (%)" in table[0] and "EnglishTextNormalizer" in md and "python -m evaluations.run" in md
+    rows = read_csv(out / "results.csv")
+    assert [r["system_name"] for r in rows] == ["Text+LLM", "Whisper+LLM", "BLSP"] and rows[0]["metric"] == "wer"
+
+
+def test_resume_after_an_interrupted_run_gives_the_same_results(tmp_path, monkeypatch):
+    manifest = asr_manifest(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    whole = Path("whole")
+    R.evaluate(args(manifest, whole), factory([]))
+    resumed = Path("resumed")
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        R.evaluate(args(manifest, resumed), factory(calls, stop_after=2))
+    done = len(R.read_jsonl(resumed / "predictions.jsonl"))
+    assert 0 < done < 3 * len(ASR_TEXTS)
+    with open(resumed / "predictions.jsonl", "ab") as f:
+        f.write(b'{"system": "text", "id": "u')  # a torn last line from the kill
+    calls2 = []
+    R.evaluate(args(manifest, resumed), factory(calls2))
+    assert sum(calls2) == 3 * len(ASR_TEXTS) - done  # done rows were not generated again
+    for name in ("results.csv", "results.md"):
+        assert (resumed / name).read_text() == (whole / name).read_text().replace("whole", "resumed")
+    calls3 = []
+    R.evaluate(args(manifest, resumed), factory(calls3))  # a third run has nothing to do
+    assert calls3 == []
+
+
+def test_a_system_that_cannot_load_is_reported_and_the_others_run(tmp_path):
+    manifest = asr_manifest(tmp_path, missing=False)
+    out = tmp_path / "out"
+    R.evaluate(args(manifest, out), factory([], fail=("blsp",)))
+    assert "adapter is not there yet" in json.loads((out / "errors.json").read_text())["blsp"]
+    md = (out / "results.md").read_text()
+    assert "| BLSP | not available |" in md and "BLSP could not be loaded" in md
+    assert {r["system"] for r in read_csv(out / "results.csv")} == {"text", "cascade"}
+
+
+def test_slu_labels_are_normalized_before_scoring(tmp_path):
+    rows = []
+    for i, label in enumerate(["GetWeather", "GetWeather", "PlayMusic", "GetWeather"]):
+        rows.append({"id": f"i{i}", "audio": write_wav(tmp_path / f"s{i}.wav", seed=i), "reference": label,
+                     "transcript": "will it rain tomorrow", "task": "intent", "dataset": "snips-tts"})
+    manifest = tmp_path / "slu.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    scores = {s.system: s for s in R.evaluate(args(manifest, out, task="slu"), factory([]))}
+    assert scores["text"].score == pytest.approx(75.0)  # "The intent is get weather." -> GetWeather
+    assert scores["cascade"].score == pytest.approx(25.0)  # "play music" -> PlayMusic
+    assert scores["blsp"].score == pytest.approx(0.0)  # no label named
+    preds = {(p["system"], p["id"]): p for p in R.read_jsonl(out / "predictions.jsonl")}
+    assert preds[("text", "i0")]["scored"] == "GetWeather" and preds[("blsp", "i0")]["scored"] == ""
+    instr = preds[("text", "i0")]["instruction"]
+    assert instr.startswith("Please classify the intent") and "get weather" in instr
+
+
+class ScriptedBackend:
+    """A judge backend: accepts answers mentioning a cat, replies nonsense about bread."""
+
+    model = "fake-judge"
+
+    def complete(self, messages):
+        answer = messages[-1]["content"].split("<answer>")[1].split("</answer>")[0]
+        if "bread" in answer:
+            return "I like bread."  # no verdict: unjudged
+        return "Verdict: acceptable" if "cat" in answer else "Verdict: unacceptable"
+
+
+def FakeJudge():
+    from blsp_demo.judge import Judge, ReplyCache
+
+    return Judge(ScriptedBackend(), ReplyCache(None), concurrency=2)
+
+
+def test_qa_answers_are_judged_once_and_unjudged_rows_are_counted(tmp_path, monkeypatch):
+    rows = [{"id": f"q{i}", "audio": write_wav(tmp_path / f"q{i}.wav", seed=i), "reference": "x", "answers": ["cat"],
+             "transcript": t, "task": "qa"} for i, t in enumerate(["the cat", "a dog", "warm bread"])]
+    manifest = tmp_path / "qa.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(R, "make_judge", lambda kind, cache: FakeJudge())
+    out = tmp_path / "out"
+    scores = R.evaluate(args(manifest, out, task="qa", systems="text"), factory([]))
+    by = {s.metric: s for s in scores}
+    assert by["answer_match"].score == pytest.approx(100 / 3)
+    assert by["accept_rate"].score == pytest.approx(50.0) and by["accept_rate"].n_unjudged == 1
+    assert len(R.read_jsonl(out / "judgements.jsonl")) == 3
+    R.evaluate(args(manifest, out, task="qa", systems="text"), factory([]))
+    assert len(R.read_jsonl(out / "judgements.jsonl")) == 3  # nothing judged twice
+    assert "judge `fake-judge`" in (out / "results.md").read_text()
+
+
+def test_real_engines_on_a_tiny_official_checkpoint(tmp_path, official_checkpoint):
+    """The harness through the real BlspEngine / TextEngine (tiny random weights)."""
+    from blsp_demo.loading import load_engine
+
+    manifest = asr_manifest(tmp_path, missing=True)
+    out = tmp_path / "out"
+    a = args(manifest, out, systems="blsp,text", model=str(official_checkpoint), limit=4)
+    engines = {}
+
+    def make(spec, system):
+        engines[system] = load_engine(spec, system)
+        return engines[system]
+
+    scores = R.evaluate(a, make)
+    preds = R.read_jsonl(out / "predictions.jsonl")
+    assert len(preds) == 8 and {p["system"] for p in preds} == {"blsp", "text"}
+    # the missing file fails BLSP's row; the text system never reads the audio
+    assert [(p["system"], p["id"]) for p in preds if p["error"]] == [("blsp", "u3")]
+    assert all(isinstance(p["prediction"], str) for p in preds)
+    assert {s.system for s in scores} == {"blsp", "text"}
+
+
+# ---- judging the app's logs -------------------------------------------------------------------------
+def test_judge_logs_appends_judgements_for_unjudged_turns_only(tmp_path):
+    from blsp_demo.store import Store
+
+    store = Store(tmp_path)
+    turns = []
+    for i, (model, answer) in enumerate([("m1", "a cat"), ("m1", "a dog"), ("m2", "the cat"), ("m2", "warm bread")]):
+        turns.append(store.append("turn", "s1", modality="text", text=f"question {i}?", response=answer, model=model,
+                                  error=None))
+    store.append("turn", "s1", modality="speech", transcript=None, transcript_heard=None, response="x", model="m1",
+                 error=None, audio_path=None)
+    store.append("turn", "s1", modality="text", text="failed?", response=None, model="m1", error="boom")
+    for t, verdict in zip(turns, ["accept", "accept", "accept", "reject"]):
+        store.label("s1", t["id"], verdict)
+    store.append("judgement", "s1", turn_id=turns[0]["id"], verdict="accept", judge_model="old", prompt_version="v0")
+
+    todo = turns_to_judge(store.read().records, "fake-judge", "accept-v1", rejudge=False)
+    assert [t["response"] for t in todo] == ["a dog", "the cat", "warm bread", "x"]  # not judged, not failed
+    written = judge_turns(store, FakeJudge(), todo)
+    assert [w["verdict"] for w in written] == ["reject", "accept", "unjudged", "unjudged"]
+    speech = written[-1]
+    assert speech["reason"] != "fake" or speech["verdict"] == "unjudged"
+    assert all(w["kind"] == "judgement" and w["turn_id"] and w["judge_model"] == "fake-judge" and "raw" in w
+               for w in written)
+    records = store.read().records
+    again = turns_to_judge(records, "fake-judge", "accept-v1", rejudge=False)
+    assert [t["response"] for t in again] == ["warm bread", "x"]  # unjudged ones are tried again
+    report = agreement_report(records)
+    # human vs judge on the 3 with both: (accept, accept), (accept, reject), (accept, accept): kappa 0
+    assert "on 3 answers" in report and "kappa 0.000" in report
+    assert "human accept               2             1" in report
+    import pandas as pd
+
+    for path in (tmp_path / "records").glob("*.jsonl"):
+        pd.read_json(path, lines=True)  # the app's readers still read the file
+
+
+def test_judge_logs_cli_prints_agreement(tmp_path, capsys):
+    from blsp_demo.store import Store
+    from evaluations import judge_logs
+
+    store = Store(tmp_path)
+    t = store.append("turn", "s", modality="text", text="q?", response="a", model="m", error=None)
+    store.label("s", t["id"], "accept")
+    store.close()
+    judge_logs.main(["--data-dir", str(tmp_path), "--no-judge"])
+    assert "1 answers logged; 1 with a human label, 0 judged." in capsys.readouterr().out
+
+
+# ---- representation ---------------------------------------------------------------------------------------
+def test_representation_measures_by_hand():
+    a = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert REP.paired_cosine(a, a) == pytest.approx([1.0, 1.0])
+    assert REP.paired_cosine(a, a[::-1]) == pytest.approx([0.0, 0.0])
+    # a shared offset makes every raw cosine high; centering removes it
+    offset = np.array([10.0, 10.0, 0.0])
+    s = np.array([[1.0, 0, 1], [0, 1.0, -1], [1.0, 1.0, 0]]) + offset
+    t = np.array([[1.0, 0, 1], [0, 1.0, -1], [1.0, 1.0, 0]]) * 0.9 + offset
+    shuffled = t[[1, 2, 0]]
+    assert REP.paired_cosine(s, shuffled).mean() > 0.9
+    cs, ct = REP.center(s, shuffled)
+    assert REP.paired_cosine(cs, ct).mean() < 0.5
+    assert REP.retrieval_accuracy(*REP.center(s, t)) == 1.0
+    assert REP.retrieval_accuracy(*REP.center(s, shuffled)) == 0.0
+    report = REP.analyse({"x": s, "y": s}, {"x": t, "y": shuffled})
+    assert report["instructions"]["x"]["retrieval_accuracy"] == 1.0
+    assert report["instruction_matrix"]["centered"][0][0] > report["instruction_matrix"]["centered"][0][1]
+    assert REP.pca_2d(np.random.default_rng(0).normal(size=(10, 5))).shape == (10, 2)
+
+
+def test_representation_on_a_tiny_blsp_engine(tmp_path, official_checkpoint):
+    from blsp_demo.loading import load_engine
+
+    engine = load_engine(str(official_checkpoint), "blsp")
+    items = [{"audio": str(tmp_path / write_wav(tmp_path / f"r{i}.wav", seed=i)), "transcript": t}
+             for i, t in enumerate(ASR_TEXTS[:3])]
+    speech, text = REP.collect_states(engine, items, {"repeat": "Please repeat the following words.",
+                                                      "none": ""})
+    assert speech["repeat"].shape == (3, engine.llm.config.hidden_size) == text["none"].shape
+    report = REP.analyse(speech, text)
+    assert 0.0 <= report["instructions"]["repeat"]["retrieval_accuracy"] <= 1.0
+    REP.plot(speech, text, tmp_path / "r.png", "tiny")
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert "| repeat |" in REP.markdown(report, "tiny")
