@@ -4,9 +4,9 @@ A spec is a registered name (`micro-blsp`, `micro-cascade`, `micro-text`), a loc
 folder, or a Hugging Face Hub repo id. The family comes from the folder's config.json:
 - BLSP: `whisper_config` + `llama_config` (the official layout; or the micro layout, whose
   config names bundled components and ships only the adapter);
-- LLaSM: `model_type == "llaaa"` (not yet supported here);
+- LLaSM: `model_type == "llaaa"` (its Whisper audio tower is a separate folder, see `load_llasm`);
 - otherwise a plain causal LM, which hears speech through the cascade (Whisper ASR).
-The `system` picks how speech reaches the LLM: `blsp`, `cascade` or `text`.
+The `system` picks how speech reaches the LLM: `blsp`, `cascade` or `text` (LLaSM: `llasm`, its own).
 """
 
 from __future__ import annotations
@@ -174,6 +174,72 @@ def load_blsp_folder(folder: Path, place: Placement):
     return model, tok, fx, folder.name
 
 
+# ---- LLaSM folders ------------------------------------------------------------------------
+LLASM_AUDIO_TOWER_ENV = "LLASM_AUDIO_TOWER"
+
+
+def llasm_audio_tower_folder(config: dict, audio_tower: str | None = None) -> Path:
+    """Where the Whisper tower is: `audio_tower` (a folder or Hub id), else $LLASM_AUDIO_TOWER, else
+    the checkpoint's own `mm_audio_tower` when that is a folder here (the releases name the path
+    on their training machines)."""
+    spec = audio_tower or os.environ.get(LLASM_AUDIO_TOWER_ENV)
+    if spec:
+        return sources.resolve_checkpoint(spec)
+    named = config.get("mm_audio_tower")
+    if named and Path(named).expanduser().is_dir():
+        return Path(named).expanduser()
+    raise sources.WeightsError(
+        f"This LLaSM checkpoint's audio tower (mm_audio_tower={named!r}) is not a folder here. Pass the "
+        f"Whisper model it was trained with (openai/whisper-large-v2 for the released LLaSM models): "
+        f"load_engine(..., audio_tower=FOLDER_OR_HUB_ID), or set {LLASM_AUDIO_TOWER_ENV}=FOLDER_OR_HUB_ID.")
+
+
+def llasm_template(folder: Path, config: dict) -> str:
+    """LLaSM-Baichuan's tokenizer is Baichuan's; LLaSM-Cllama2 (and any other) uses Llama-2 [INST]."""
+    if config.get("prompt_template"):
+        return config["prompt_template"]
+    tok_cfg = folder / "tokenizer_config.json"
+    tok_class = json.loads(tok_cfg.read_text()).get("tokenizer_class", "") if tok_cfg.is_file() else ""
+    return "baichuan" if "Baichuan" in (tok_class or "") else "llasm-llama2"
+
+
+def llasm_tokenizer(folder: Path, template: str):
+    """The checkpoint's tokenizer with LLaSM's three audio tokens (added as the official code does;
+    nothing changes when the folder already holds them). Baichuan's own tokenizer class is remote
+    code: its sentencepiece model is read as a Llama tokenizer instead."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    from .model.llasm import AUDIO_TOKENS
+
+    tok = (LlamaTokenizer if template == "baichuan" else AutoTokenizer).from_pretrained(folder)
+    tok.add_tokens([AUDIO_TOKENS[0]], special_tokens=True)
+    tok.add_tokens(list(AUDIO_TOKENS[1:]), special_tokens=True)
+    return tok
+
+
+def load_llasm(folder: Path, place: Placement, audio_tower: str | None = None, template: str | None = None):
+    """A LLaSM folder -> (LlasmForCausalLM, tokenizer, AudioTower, template name, revision)."""
+    from .model.llasm import AUDIO_TOKENS, AudioTower, LlasmForCausalLM
+
+    config = json.loads((folder / "config.json").read_text())
+    tower_dir = llasm_audio_tower_folder(config, audio_tower)
+    template = template or llasm_template(folder, config)
+    model, info = LlasmForCausalLM.from_pretrained(folder, dtype=place.dtype, output_loading_info=True)
+    bad = {k: sorted(v)[:5] for k, v in info.items() if k != "error_msgs" and v}
+    if bad:
+        raise sources.WeightsError(f"{folder} does not hold a LLaSM (Llama-layout) checkpoint: {bad}")
+    tok = llasm_tokenizer(folder, template)
+    top = max(tok.convert_tokens_to_ids(list(AUDIO_TOKENS)))
+    if top >= model.config.vocab_size:
+        raise sources.WeightsError(f"{folder}: the tokenizer's audio tokens reach id {top}, beyond the model's "
+                                   f"{model.config.vocab_size} embeddings; is this the matching tokenizer?")
+    tower = AudioTower.from_pretrained(tower_dir, model.config.audio_token_len, place.dtype, place.device)
+    if tower.width != model.config.mm_hidden_size:
+        raise sources.WeightsError(f"the audio tower {tower_dir} is {tower.width} wide; this LLaSM checkpoint's "
+                                   f"projector takes {model.config.mm_hidden_size} (mm_hidden_size)")
+    return model.to(place.device), tok, tower, template, f"{folder.name}+{tower_dir.name}"
+
+
 # ---- engines ------------------------------------------------------------------------------
 def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm=None, tokenizer=None,
                  template: str = "chatml", extractor=None, revision: str = "", **kw) -> ChatEngine:
@@ -212,7 +278,14 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
         return build_engine(spec, system or "blsp", place, blsp=model, tokenizer=tok, extractor=fx,
                             template=getattr(model.config, "prompt_template", "blsp"), revision=mid, **kw)
     if family == "llasm":
-        raise sources.WeightsError(f"{spec} is a LLaSM checkpoint; the LLaSM backend is not available yet.")
+        if system not in (None, "llasm"):
+            raise ValueError(f"{spec} is a LLaSM checkpoint: speech reaches it through its own audio tower "
+                             f"(system 'llasm'), not {system!r}")
+        from .llasm_engine import LlasmEngine
+
+        model, tok, tower, tpl, mid = load_llasm(folder, place, kw.pop("audio_tower", None), kw.pop("template", None))
+        return LlasmEngine(model, tok, tower, template=get_template(tpl), model_id=spec, revision=mid,
+                           device=place.device, **kw)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     llm = AutoModelForCausalLM.from_pretrained(folder, dtype=place.dtype).to(place.device)

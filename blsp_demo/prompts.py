@@ -8,7 +8,7 @@ Which template a model uses comes from its config (`prompt_template`), never fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from .conversation import Conversation, Turn
@@ -28,6 +28,9 @@ class PromptTemplate:
     instruction_sep: str  # between an instruction and the speech/transcript after it
     join_instruction_to_prefix: bool  # official BLSP tokenizes "###[Human]:{instruction}" as one piece
     stop_strings: tuple[str, ...]  # besides the tokenizer's EOS
+    # LLaSM's tokenization rules (`blsp_demo.llasm_engine`); the other templates leave them off:
+    system_repeated: bool = False  # the system text also comes first, alone (LLaSM's Llama-2 code does both)
+    user_turn_one_call: bool = False  # a whole user turn, BOS and speech included, is one tokenizer call
 
 
 TEMPLATES: dict[str, PromptTemplate] = {
@@ -55,6 +58,18 @@ TEMPLATES: dict[str, PromptTemplate] = {
         instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=(),
     ),
 }
+# LLaSM (LinkSoul-AI/LLaSM `infer_tokenize.py`). Chinese-Llama-2: llama2-inst, with the system text
+# both first on its own and inside the first [INST], and each human turn encoded in one call.
+TEMPLATES["llasm-llama2"] = replace(TEMPLATES["llama2-inst"], name="llasm-llama2", system_repeated=True,
+                                    user_turn_one_call=True)
+# Baichuan-7B: BOS, the system text, then `USER:` / `ASSISTANT:` role prefixes with no separators;
+# every part is its own tokenizer call; a reply ends with `</s>`.
+TEMPLATES["baichuan"] = PromptTemplate(
+    name="baichuan", bos_at_start=True, bos_per_user_turn=False,
+    system_default=TEMPLATES["llama2-inst"].system_default, system_format="{system}", system_inline=False,
+    user_prefix="USER:", user_suffix="ASSISTANT:", assistant_suffix="</s>",
+    instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=("USER:",),
+)
 
 # The paper's task instructions (Table 1 and Table 11), as presets.
 INSTRUCTIONS: dict[str, str] = {
@@ -138,7 +153,7 @@ def render(tpl: PromptTemplate, conv: Conversation, texts: dict[int, str] | None
     system = conv.system if conv.system is not None else tpl.system_default
     sys_text = tpl.system_format.format(system=system) if system else ""
     pieces: list[Piece] = [Bos()] if tpl.bos_at_start else []
-    if sys_text and not tpl.system_inline:
+    if sys_text and (tpl.system_repeated or not tpl.system_inline):
         pieces.append(Text(sys_text))
     first_user = True
     for i, turn in enumerate(conv.turns):

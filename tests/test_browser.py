@@ -69,33 +69,38 @@ def test_browser_speak_type_and_label(live_app, mic_wav):
             bots = page.locator("#chat .message.bot")
             status = page.locator("#status")
 
+            partials: list[tuple[float, str]] = []  # (seconds after the send, answer text so far)
+
+            def wait_answer(n: int, t0: float) -> dict:
+                """Until the n-th new turn is logged and its whole answer is on the page."""
+                def done():
+                    text = bots.nth(n - 1).inner_text().strip() if bots.count() >= n else ""
+                    if text and (not partials or partials[-1][1] != text):
+                        partials.append((time.monotonic() - t0, text))
+                    logged = new_turns()
+                    return (len(logged) >= n and text == logged[n - 1]["response"].strip()
+                            and "first token" in status.inner_text() and logged[n - 1])
+                return wait_for(done, 180, f"answer {n}")
+
+            def new_turns() -> list[dict]:
+                return [r for r in read_records(live_app.data_dir).records if r["id"] not in before
+                        and r["kind"] == "turn"]
+
             # ---- a spoken question through the microphone
             page.click("#mic button.record-button")
             page.wait_for_timeout(RECORD_MS)
             page.click("#mic button.stop-button")
-            t0 = time.monotonic()
-            partials: list[tuple[float, str]] = []  # (seconds after stop, answer text so far)
-
-            def answered():
-                text = bots.first.inner_text() if bots.count() else ""
-                if text.strip() and (not partials or partials[-1][1] != text):
-                    partials.append((time.monotonic() - t0, text))
-                return "first token" in status.inner_text() and bots.count() == 1
-
-            wait_for(answered, 180, "the spoken question's answer")
-            answer = bots.first.inner_text()
+            speech = wait_answer(1, time.monotonic())
             print(f"\nbrowser: first answer text {partials[0][0]:.2f} s after stop (upload + ASR + LLM), "
                   f"whole answer {partials[-1][0]:.2f} s; {len(partials)} partial renders")
-            assert "paris" in answer.lower(), answer
+            assert "paris" in speech["response"].lower(), speech
             assert len(partials) >= 2, f"the answer did not stream: {partials}"
             assert page.locator("#chat audio").count() >= 1  # the question as a player
 
             # ---- a typed follow-up
             page.fill("#text_in textarea", "What language do people speak there?")
             page.press("#text_in textarea", "Enter")
-            wait_for(lambda: bots.count() == 2 and bots.nth(1).inner_text().strip()
-                     and "first token" in status.inner_text() and "heard" not in status.inner_text(),
-                     180, "the typed follow-up's answer")
+            wait_answer(2, time.monotonic())
 
             # ---- thumbs up on the first answer, down on the second (labels flip to Liked/Disliked)
             likes = page.locator('#chat button[aria-label="Like"], #chat button[aria-label="Liked"]')
@@ -109,8 +114,9 @@ def test_browser_speak_type_and_label(live_app, mic_wav):
 
             page.get_by_role("tab", name="Annotate").click()
             expect(page.locator("#answers")).to_contain_text("What language", timeout=30000)
-            page.locator("#answers tbody tr").first.click()
-            page.wait_for_timeout(1500)
+            page.screenshot(path=str(OUT / "browser-annotate-before.png"), full_page=True)
+            page.locator("#answers td:visible").filter(has_text="What language").first.click()
+            expect(page.locator("#annotate_info")).to_contain_text("micro-cascade", timeout=15000)
             page.screenshot(path=str(OUT / "browser-annotate.png"), full_page=True)
             page.get_by_role("tab", name="Dashboard").click()
             page.wait_for_timeout(4000)

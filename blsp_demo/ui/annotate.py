@@ -187,7 +187,7 @@ def build_annotate_tab(services: Services, chat_state: gr.State, tab: gr.Tab) ->
                          label="Logged answers (click a row)")
     with gr.Row():
         with gr.Column():
-            info = gr.Markdown()
+            info = gr.Markdown(elem_id="annotate_info")
             audio = gr.Audio(label="Audio of the turn", type="filepath", interactive=False)
             context = gr.Chatbot(label="Conversation up to this answer", height=320)
         with gr.Column():

@@ -180,6 +180,7 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
     chatbot.like(h.on_like, [state, reason], [status, reason], api_visibility="private")
     fb_button.click(h.feedback, [fb_index, fb_verdict, reason, state], [status], api_name="feedback")
     reset.click(h.reset, [state], [chatbot, details, status, state], api_name="reset")
+    chatbot.clear(h.reset, [state], [chatbot, details, status, state], api_visibility="private")
     delete.click(h.delete_my_data, [state], [chatbot, details, status, state], api_visibility="private")
 
     knobs = [model, temperature, top_p, max_new, beams, keep_audio]
