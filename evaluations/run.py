@@ -188,7 +188,7 @@ def make_judge(kind: str, cache_dir: Path | None):
     if kind == "none" or (kind == "auto" and not any(os.environ.get(k) for k in ("JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY"))):
         return None
     try:
-        return Judge.from_env(None if kind == "auto" else kind, cache_dir=cache_dir)
+        return Judge.from_env(None if kind == "auto" else kind, **({"cache_dir": cache_dir} if cache_dir else {}))
     except JudgeError as err:
         print(f"warning: no judge ({err}); accept rates are left empty", file=sys.stderr)
         return None

@@ -34,7 +34,7 @@ def tts_question(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tts") / "question.wav"
     raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(raw), "what is the capital of france"],
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "120", "-w", str(raw), "what is the capital of france"],
                    check=True)
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-i", str(raw), "-ar", "16000", "-ac", "1",
                     str(out)], check=True)

@@ -82,3 +82,25 @@ def test_three_mixed_turns_on_the_real_cascade(tts_question, tmp_path):
     assert r3.cached_tokens > 0 and r3.cached_tokens + r3.prefill_tokens == len(full.ids)
     new_turn = len(engine.tokenize(f"<|im_end|>\n<|im_start|>user\n{r3.transcript}<|im_end|>\n<|im_start|>assistant\n"))
     assert r3.prefill_tokens <= new_turn + 1
+
+
+def test_record_without_portaudio_says_so(monkeypatch):
+    from blsp_demo import recording
+
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails as without PortAudio
+    with pytest.raises(recording.RecordingError, match="PortAudio"):
+        recording.record_to_wav(seconds=1)
+
+
+def test_record_without_an_input_device_says_so(monkeypatch):
+    from blsp_demo import recording
+
+    class NoDevices:
+        @staticmethod
+        def query_devices():
+            return [{"name": "speakers", "max_input_channels": 0, "default_samplerate": 48000}]
+
+    monkeypatch.setattr(recording, "_sounddevice", lambda: NoDevices)
+    with pytest.raises(recording.RecordingError, match="No audio input device"):
+        recording.record_to_wav(seconds=1)
+    assert "No audio input device" in recording.list_input_devices()

@@ -305,3 +305,71 @@ def test_representation_on_a_tiny_blsp_engine(tmp_path, official_checkpoint):
     REP.plot(speech, text, tmp_path / "r.png", "tiny")
     assert (tmp_path / "r.png").stat().st_size > 1000
     assert "| repeat |" in REP.markdown(report, "tiny")
+
+
+# ---- the shipped sets ----------------------------------------------------------------------------------
+def test_shipped_texts_have_at_least_100_items_per_task():
+    from evaluations.data import make_sets
+
+    rows = make_sets.task_rows()
+    assert {k: len(v) >= 100 for k, v in rows.items()} == {k: True for k in rows}
+    assert len({r["text"] for r in rows["qa"]}) == len(rows["qa"])  # distinct questions
+    assert {r["reference"] for r in rows["sentiment"]} == {"positive", "negative", "neutral"}
+    assert len({r["reference"] for r in rows["intent"]}) == 7
+    assert all(r["reference"] and r["target_lang"] == "de" for r in rows["st"])
+
+
+def test_make_sets_writes_manifests_the_harness_reads(tmp_path):
+    from evaluations.data import make_sets
+
+    counts = make_sets.build_tts_sets(tmp_path, only=("slu",), limit=2)
+    assert counts == {"slu": 4}
+    rows = R.read_manifest(tmp_path / "slu.jsonl", "slu")
+    assert [r["task"] for r in rows] == ["intent", "intent", "sentiment", "sentiment"]
+    assert all(Path(r["audio"]).is_file() and r["transcript"] and r["voice"].split("+")[1] in
+               ("m7", "f4", "robert", "belinda") for r in rows)  # held-out voices only
+    again = (tmp_path / "slu.jsonl").read_text()
+    make_sets.build_tts_sets(tmp_path, only=("slu",), limit=2)
+    assert (tmp_path / "slu.jsonl").read_text() == again  # deterministic
+
+
+def test_real_set_from_a_sphinx_style_archive(tmp_path):
+    import io
+    import tarfile
+
+    from evaluations.data import make_sets
+
+    wav = io.BytesIO()
+    sf.write(wav, np.zeros(8000, np.float32) + 0.1, 16000, format="WAV", subtype="PCM_16")
+    files = {"pocketsphinx-5.1.1/test/data/cards/001.wav": wav.getvalue(),
+             "pocketsphinx-5.1.1/test/data/cards/cards.transcription": b"<s> ten of clubs  </s> (001)\n",
+             "pocketsphinx-5.1.1/test/data/goforward.raw": (np.zeros(4000, "<i2") + 100).tobytes()}
+    archive = tmp_path / "ps.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = tmp_path / "out"
+    assert make_sets.build_real_set(archive, out) == 2
+    rows = R.read_manifest(out / "real.jsonl", "asr")
+    assert [(r["id"], r["reference"], r["dataset"]) for r in rows] == [
+        ("cards-001", "ten of clubs", "real-commands"), ("goforward", "go forward ten meters", "real-commands")]
+    assert sf.info(rows[1]["audio"]).samplerate == 16000
+
+
+@pytest.mark.slow
+def test_tiny_real_run_on_the_offline_weights(tmp_path):
+    """micro-cascade and micro-text (real Whisper base + SmolLM2) on 2 shipped TTS items."""
+    from evaluations.data import make_sets
+
+    make_sets.build_tts_sets(tmp_path, only=("asr",), limit=2)
+    out = tmp_path / "out"
+    a = R.parser().parse_args(["--manifest", str(tmp_path / "asr.jsonl"), "--task", "asr", "--systems",
+                               "cascade,text", "--model", "micro-blsp", "--out", str(out), "--judge", "none"])
+    scores = {s.system: s for s in R.evaluate(a)}
+    assert set(scores) == {"cascade", "text"} and all(s.n == 2 and s.n_errors == 0 for s in scores.values())
+    preds = R.read_jsonl(out / "predictions.jsonl")
+    assert all(p["prediction"].strip() for p in preds)
+    assert all(p["transcript_heard"] for p in preds if p["system"] == "cascade")
+    assert scores["text"].score < 60  # SmolLM2 repeats a short sentence it is given

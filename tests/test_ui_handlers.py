@@ -11,7 +11,6 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from blsp_demo.audio import AudioError
 from blsp_demo.config import AppSettings, GenerationOptions, Response
 from blsp_demo.engine import StreamChunk
 from blsp_demo.sources import WeightsError
@@ -21,7 +20,7 @@ from blsp_demo.ui.annotate import AnnotateHandlers, Filters, context_messages, e
 from blsp_demo.ui.chat import ChatHandlers
 from blsp_demo.ui.dashboard import DashboardHandlers, accept_rates, agreement, cohen_kappa
 from blsp_demo.ui.services import EnginePool, Services, load_examples
-from blsp_demo.ui.session import ChatSettings, ChatState
+from blsp_demo.ui.session import ChatSettings
 
 EXAMPLES = load_examples()
 WAV = str(EXAMPLES[0].audio)
@@ -211,30 +210,35 @@ def test_thumbs_up_down_retract_and_reason(h, services):
     st = run(h.chat_text("q1", None, SETTINGS))[-1][-1]
     st = run(h.chat_text("q2", st, SETTINGS))[-1][-1]
     like = lambda index, liked: gr.LikeData(None, {"index": index, "value": "", "liked": liked})  # noqa: E731
-    status, reason = h.on_like(st, "very good", like(1, True))
-    assert "accept" in status and reason == ""
-    h.on_like(st, "", like(3, False))
-    h.on_like(st, "", like(1, ""))  # the same thumb again: retract
+    status, reason, st = h.on_like(st, "very good", like(1, True))
+    assert "accept" in status and reason == "" and st.thumbs() == ["Like", None]
+    _, _, st = h.on_like(st, "", like(3, False))
+    after = run(h.chat_text("q3", st, SETTINGS))[-1][-1]  # the thumbs are shown again after a turn
+    assert h.thumbs(after)["feedback_value"] == ["Like", "Dislike", None] and h.thumbs(None)["feedback_value"] == []
+    _, _, st = h.on_like(st, "", like(1, ""))  # the same thumb again: retract
+    assert st.thumbs() == [None, "Dislike"]
     labels = [r for r in read_records(services.store.data_dir).records if r["kind"] == "label"]
     assert [(r["message_index"], r["verdict"], r["reason"]) for r in labels] == \
         [(1, "accept", "very good"), (3, "reject", ""), (1, "unset", "")]
     assert [r["turn_id"] for r in labels] == [dict(st.answers)[1], dict(st.answers)[3], dict(st.answers)[1]]
     frame = answers_frame(read_records(services.store.data_dir).records).set_index("turn_id")
     assert pd.isna(frame.loc[dict(st.answers)[1], "label"]) and frame.loc[dict(st.answers)[3], "label"] == "reject"
-    status, _ = h.on_like(st, "", like(0, True))  # a user message is not an answer
+    with pytest.warns(UserWarning, match="not an answer"):  # gr.Warning outside a request
+        status, _, _ = h.on_like(st, "", like(0, True))  # a user message is not an answer
     assert "not an answer" in status
 
 
 def test_feedback_endpoint(h, services):
     st = run(h.chat_text("q1", None, SETTINGS))[-1][-1]
-    assert "accept" in h.feedback(1, "accept", "", st)
-    assert "reject" in h.feedback(-1, " Reject ", "wrong city", st)  # negative: from the end
+    status, st = h.feedback(1, "accept", "", st)
+    assert "accept" in status and st.thumbs() == ["Like"]
+    assert "reject" in h.feedback(-1, " Reject ", "wrong city", st)[0]  # negative: from the end
     with pytest.raises(gr.Error, match="not an answer"):
         h.feedback(0, "accept", "", st)
     with pytest.raises(gr.Error, match="verdict must be one of"):
         h.feedback(1, "maybe", "", st)
-    with pytest.raises(gr.Error, match="not an answer"):
-        h.feedback(1, "accept", "", None)  # a session with no answers yet
+    with pytest.raises(gr.Error, match="not finished yet"):
+        h.feedback(1, "accept", "", None)  # a session with no answers yet (or a click while streaming)
     labels = [r for r in read_records(services.store.data_dir).records if r["kind"] == "label"]
     assert [(r["verdict"], r["reason"], r["source"]) for r in labels] == [("accept", "", "api"),
                                                                          ("reject", "wrong city", "api")]
@@ -351,11 +355,13 @@ def test_filters_and_exports_as_functions(services, logged, tmp_path):
 
 # ---- dashboard ---------------------------------------------------------------------------------
 def test_cohen_kappa():
-    assert cohen_kappa(["accept", "reject"] * 5, ["accept", "reject"] * 5) == 1.0
-    assert math.isclose(cohen_kappa(["accept", "accept", "reject", "reject"], ["accept", "reject", "accept", "reject"]), 0.0)
-    assert math.isclose(cohen_kappa(list("aabbb"), list("abbbb")), (0.8 - 0.56) / 0.44)  # observed 4/5, expected .4*.2 + .6*.8
+    accept, reject = "accept", "reject"
+    assert cohen_kappa([accept, reject] * 5, [accept, reject] * 5) == 1.0
+    assert math.isclose(cohen_kappa([accept, accept, reject, reject], [accept, reject, accept, reject]), 0.0)
+    # observed 4/5 agree; expected .4*.2 + .6*.8 = .56
+    assert math.isclose(cohen_kappa(list("aabbb"), list("abbbb")), (0.8 - 0.56) / 0.44)
     assert math.isnan(cohen_kappa([], []))
-    assert math.isnan(cohen_kappa(["accept"] * 3, ["accept"] * 3))
+    assert math.isnan(cohen_kappa([accept] * 3, [accept] * 3))
 
 
 def test_dashboard_rates_agreement_and_figures(services, logged):
@@ -402,3 +408,36 @@ def test_public_api_contract(services):
         assert client.predict(api_name="/reset")[0] == []
     finally:
         demo.close()
+
+
+# ---- Hub push wiring -------------------------------------------------------------------------------
+def test_services_push_turns_to_the_hub_dataset(tmp_path):
+    from test_store import FakeHfApi, first_push
+
+    api = FakeHfApi()
+    settings = AppSettings(model="fake", data_dir=tmp_path / "data", hf_dataset_repo="me/blsp-logs")
+    services = Services.create(settings, pool=EnginePool(lambda spec: FakeEngine()), hf_api=api)
+    try:
+        assert services.store.lock is services.scheduler.lock  # a push never sees half a line
+        first_push(services.scheduler)
+        run(ChatHandlers(services).chat_text("hello", None, SETTINGS))
+        services.scheduler.trigger().result(timeout=30)
+        (ops,) = api.commits
+        (path, content), = [(p, c) for kind, p, c in ops if kind == "add"]
+        assert path == f"data/records/{services.store.path.name}" and b'"response": "Paris is the capital."' in content
+    finally:
+        services.scheduler.stop()
+
+
+def test_services_keep_logging_locally_when_the_hub_fails(tmp_path, caplog):
+    from test_store import FakeHfApi
+
+    class Offline(FakeHfApi):
+        def create_repo(self, repo_id, **kw):
+            raise OSError("no network")
+
+    settings = AppSettings(model="fake", data_dir=tmp_path / "data", hf_dataset_repo="me/blsp-logs")
+    services = Services.create(settings, pool=EnginePool(lambda spec: FakeEngine()), hf_api=Offline())
+    assert services.scheduler is None and "not pushing to the Hub dataset me/blsp-logs" in caplog.text
+    run(ChatHandlers(services).chat_text("hello", None, SETTINGS))
+    assert len(turns(services)) == 1

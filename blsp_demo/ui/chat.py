@@ -61,6 +61,12 @@ class ChatHandlers:
             yield list(state.history), gr.skip(), f"**Error:** {err}", sent, state
             raise gr.Error(str(err), print_exception=False) from None
 
+    @staticmethod
+    def thumbs(state: ChatState | None):
+        """A new chatbot value clears the thumbs the browser shows; this sets them again."""
+        return gr.update(feedback_value=state.thumbs() if state else [])
+
+    # outputs of a thumb: status, the reason box (cleared), state; of /feedback: status, state
     def on_like(self, state: ChatState | None, reason: str, evt: gr.LikeData):
         verdict = verdict_from_liked(evt.liked)
         return self._label(state, evt.index, verdict, reason, "chat")
@@ -68,23 +74,25 @@ class ChatHandlers:
     def feedback(self, message_index, verdict: str, reason: str, state: ChatState | None):
         verdict = (verdict or "").strip().lower()
         try:
-            status, _ = self._label(state, message_index, verdict, reason, "api", quiet=False)
+            status, _, state = self._label(state, message_index, verdict, reason, "api", quiet=False)
+            return status, state
         except ValueError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        return status
 
     def _label(self, state, index, verdict, reason, source, quiet=True):
         if isinstance(index, (list, tuple)):  # some Gradio versions send [index, ...]
             index = index[0]
+        state = state or ChatState()
         try:
-            record = self.chat.label(state or ChatState(), int(index), verdict, reason or "", source=source)
+            record, state = self.chat.label(state, int(index), verdict, reason or "", source=source)
         except ValueError as err:
             if not quiet:
                 raise
             gr.Warning(str(err))
-            return f"**Error:** {err}", gr.skip()
+            return f"**Error:** {err}", gr.skip(), state
         shown = {"accept": "accept (thumbs up)", "reject": "reject (thumbs down)", "unset": "label removed"}[verdict]
-        return f"Saved {shown} for answer at message {record['message_index']} (label {record['id'][:8]}).", ""
+        status = f"Saved {shown} for answer at message {record['message_index']} (label {record['id'][:8]})."
+        return status, "", state
 
     def reset(self, state: ChatState | None):
         new = self.chat.reset(state or ChatState())
@@ -168,17 +176,21 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
     turn = dict(concurrency_id="generate", concurrency_limit=concurrency)
     text_turn = dict(fn=h.chat_text, inputs=[text_in, state, settings],
                      outputs=[chatbot, details, status, text_in, state], **turn)
-    text_in.submit(api_name="chat_text", **text_turn)
-    send.click(api_visibility="private", **text_turn)
     audio_turn = dict(fn=h.chat_audio, inputs=[mic, instruction, state, settings],
                       outputs=[chatbot, details, status, mic, state], **turn)
-    mic.stop_recording(api_name="chat_audio", **audio_turn)
-    mic.upload(api_visibility="private", **audio_turn)
-    examples.click(h.chat_example, [examples, instruction, state, settings],
-                   [chatbot, details, status, mic, state], api_visibility="private", **turn)
+    turn_events = [
+        text_in.submit(api_name="chat_text", **text_turn),
+        send.click(api_visibility="private", **text_turn),
+        mic.stop_recording(api_name="chat_audio", **audio_turn),
+        mic.upload(api_visibility="private", **audio_turn),
+        examples.click(h.chat_example, [examples, instruction, state, settings],
+                       [chatbot, details, status, mic, state], api_visibility="private", **turn),
+    ]
+    for event in turn_events:  # in the browser only: API calls do not run .then() steps
+        event.then(h.thumbs, state, chatbot, api_visibility="private", queue=False)
 
-    chatbot.like(h.on_like, [state, reason], [status, reason], api_visibility="private")
-    fb_button.click(h.feedback, [fb_index, fb_verdict, reason, state], [status], api_name="feedback")
+    chatbot.like(h.on_like, [state, reason], [status, reason, state], api_visibility="private")
+    fb_button.click(h.feedback, [fb_index, fb_verdict, reason, state], [status, state], api_name="feedback")
     reset.click(h.reset, [state], [chatbot, details, status, state], api_name="reset")
     chatbot.clear(h.reset, [state], [chatbot, details, status, state], api_visibility="private")
     delete.click(h.delete_my_data, [state], [chatbot, details, status, state], api_visibility="private")

@@ -114,7 +114,12 @@ class Services:
         from ..loading import REGISTRY
 
         data_dir = Path(settings.data_dir).expanduser().resolve()
-        scheduler = make_scheduler(settings.hf_dataset_repo, data_dir, hf_api=hf_api)
+        try:
+            scheduler = make_scheduler(settings.hf_dataset_repo, data_dir, hf_api=hf_api)
+        except Exception as err:  # noqa: BLE001 - a demo that logs locally beats no demo
+            log.error("not pushing to the Hub dataset %s (logs stay in %s): %s",
+                      settings.hf_dataset_repo, data_dir, err)
+            scheduler = None
         store = Store(data_dir, lock=scheduler.lock if scheduler is not None else None)
         choices = list(dict.fromkeys([settings.model, *REGISTRY, *settings.extra_models]))
         return cls(settings, pool or EnginePool(), store, load_examples(), choices, scheduler)

@@ -38,9 +38,19 @@ class ChatState:
     conversation: Conversation = field(default_factory=Conversation)
     history: tuple[dict, ...] = ()  # the chatbot's messages: {"role", "content"}
     answers: tuple[tuple[int, str], ...] = ()  # (message index of an answer, its turn record id)
+    verdicts: tuple[tuple[int, str], ...] = ()  # (message index, accept | reject): the thumbs to show
 
     def turn_id_at(self, index: int) -> str | None:
         return dict(self.answers).get(index)
+
+    def with_verdict(self, index: int, verdict: str) -> "ChatState":
+        kept = tuple((i, v) for i, v in self.verdicts if i != index)
+        return replace(self, verdicts=kept + (((index, verdict),) if verdict in ("accept", "reject") else ()))
+
+    def thumbs(self) -> list[str | None]:
+        """Chatbot.feedback_value: per assistant message, "Like", "Dislike" or None."""
+        shown, verdicts = {"accept": "Like", "reject": "Dislike"}, dict(self.verdicts)
+        return [shown.get(verdicts.get(i)) for i, m in enumerate(self.history) if m["role"] == "assistant"]
 
     @property
     def user_turns(self) -> int:
@@ -197,16 +207,21 @@ class Chat:
 
     # -- labels, reset, deletion
     def label(self, state: ChatState, index: int, verdict: str, reason: str = "",
-              source: str = "chat") -> dict:
-        """A label record on the answer shown at chatbot message `index` (negative: from the end)."""
+              source: str = "chat") -> tuple[dict, ChatState]:
+        """A label record on the answer shown at chatbot message `index` (negative: from the end);
+        returns it with the state showing the new thumb."""
         index = int(index)
         if index < 0:
             index += len(state.history)
         turn_id = state.turn_id_at(index)
+        if turn_id is None and index >= len(state.history):
+            raise ValueError(f"Answer {index} is not finished yet (or not in this conversation); "
+                             "rate it once it is complete.")
         if turn_id is None:
             raise ValueError(f"Message {index} is not an answer of this conversation; "
                              f"answers are at {[i for i, _ in state.answers] or 'no index yet'}.")
-        return self.store.label(state.session, turn_id, verdict, reason, source=source, message_index=index)
+        record = self.store.label(state.session, turn_id, verdict, reason, source=source, message_index=index)
+        return record, state.with_verdict(index, verdict)
 
     def reset(self, state: ChatState) -> ChatState:
         """A new conversation in the same session; the old one's KV cache is dropped."""

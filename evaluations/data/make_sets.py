@@ -49,6 +49,7 @@ TEXT = HERE / "text"
 TASK_SEEDS = {"asr": "eval-asr", "st": "eval-st", "intent": "eval-intent", "sentiment": "eval-sentiment",
               "qa": "eval-qa"}
 POCKETSPHINX_SHA256 = "675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355"
+DATASETS = {"cards": "real-commands", "librivox": "real-librivox"}  # short commands; read book sentences
 
 
 # ---- texts --------------------------------------------------------------------------------------
@@ -166,12 +167,12 @@ def build_real_set(sdist: Path, out: Path) -> int:
                 continue
             path = folder / f"{corpus_name}-{utt}.wav"
             path.write_bytes(data)
-            rows.append(_real_row(f"{corpus_name}-{utt}", path, text, f"real-{corpus_name}", out))
+            rows.append(_real_row(f"{corpus_name}-{utt}", path, text, DATASETS[corpus_name], out))
     if "goforward.raw" in files:  # 16 kHz 16-bit little-endian mono, headerless
         samples = np.frombuffer(files["goforward.raw"], dtype="<i2").astype(np.float32) / 32768
         path = folder / "goforward.wav"
         sf.write(path, samples, corpus.SAMPLE_RATE, subtype="PCM_16")
-        rows.append(_real_row("goforward", path, "go forward ten meters", "real-cards", out))
+        rows.append(_real_row("goforward", path, "go forward ten meters", DATASETS["cards"], out))
     corpus.write_jsonl(out / "real.jsonl", rows)
     return len(rows)
 
