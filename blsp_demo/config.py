@@ -75,7 +75,7 @@ class AppSettings:
     hf_dataset_repo: str | None = None
     judge_model: str | None = None
     openai_base_url: str | None = None
-    extra_models: tuple[str, ...] = field(default_factory=tuple)
+    extra_models: tuple[str, ...] = field(default_factory=tuple)  # more specs for the model menu and Compare
 
     @classmethod
     def from_env(cls, **overrides) -> "AppSettings":
@@ -87,5 +87,6 @@ class AppSettings:
             hf_dataset_repo=_env("HF_DATASET_REPO"),
             judge_model=_env("JUDGE_MODEL"),
             openai_base_url=_env("OPENAI_BASE_URL"),
+            extra_models=tuple(s.strip() for s in _env("BLSP_COMPARE_MODELS", "").split(",") if s.strip()),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

@@ -136,6 +136,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("accuracy", "Acc (%)", label_match, _ratio_percent, higher_is_better=True),
     Metric("answer_match", "Answer match (%)", answer_match, _ratio_percent, higher_is_better=True),
     Metric("accept_rate", "Accept (%)", verdict_stats, _ratio_percent, higher_is_better=True),
+    # a model's points per pairwise vote: 1 won, 1/2 tie, 0 lost (see ranking.py)
+    Metric("win_rate", "Win rate (%)", lambda points, _reference=None: (float(points), 1.0), _ratio_percent,
+           higher_is_better=True),
 ]}
 
 

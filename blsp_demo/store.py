@@ -9,6 +9,9 @@ Every record has `kind`, `id`, `ts` (ISO 8601, UTC) and `session`:
 - `turn`: one answered (or failed) user turn, with its audio, settings, response and timings;
 - `label`: a human verdict (`accept` | `reject` | `unset` to retract) on a turn, by `turn_id`;
 - `judgement`: an LLM judge's verdict on a turn, by `turn_id` (written by the evaluation code);
+- `vote`: a Compare round's verdict (`choice` A | B | tie | both_bad, `reason`) on two answers to
+  the same question: both models (`model_a`, `model_b`), the `winner`, the round id, and both
+  turns (`turn_ids`, and a copy of each turn record in `turns`);
 - `deletion`: the person of `deleted_session` asked for their data to be deleted: readers treat
   every record of that session, and every label or judgement on its turns, as deleted.
 
@@ -38,8 +41,9 @@ log = logging.getLogger(__name__)
 RECORDS_DIR = "records"
 AUDIO_DIR = "audio"
 RECOVERED_DIR = "recovered"
-KINDS = ("turn", "label", "judgement", "deletion")
+KINDS = ("turn", "label", "judgement", "vote", "deletion")
 VERDICTS = ("accept", "reject", "unset")
+VOTE_CHOICES = ("A", "B", "tie", "both_bad")
 _MAX_EXT_CHARS = 8
 
 try:  # advisory locks tell a live writer's file from a crashed one's (POSIX only)
@@ -201,6 +205,11 @@ class Store:
         return self.append("label", session, turn_id=turn_id, verdict=verdict, reason=(reason or "").strip(),
                            **fields)
 
+    def vote(self, session: str, choice: str, reason: str = "", **fields) -> dict:
+        if choice not in VOTE_CHOICES:
+            raise ValueError(f"a vote is one of {', '.join(VOTE_CHOICES)}; got {choice!r}")
+        return self.append("vote", session, choice=choice, reason=(reason or "").strip(), **fields)
+
     def read(self) -> ReadResult:
         return read_records(self.data_dir)
 
@@ -334,3 +343,18 @@ def answers_frame(records: list[dict]):
                      "label_ts": lab.get("ts"), "judge": verdict_of(jud) if jud else None,
                      "judge_reason": jud.get("reason")})
     return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
+
+
+VOTE_COLUMNS = ["vote_id", "ts", "session", "round", "model_a", "model_b", "choice", "winner", "reason",
+                "modality", "question", "drawn", "source"]
+
+
+def votes_frame(records: list[dict]):
+    """One row per voted Compare round (not deleted; the latest vote if a round has several)."""
+    import pandas as pd
+
+    latest: dict[str, dict] = {}
+    for v in sorted((r for r in live_records(records) if r.get("kind") == "vote"), key=lambda r: str(r.get("ts"))):
+        latest[v.get("round") or v["id"]] = v
+    rows = [{**{k: v.get(k) for k in VOTE_COLUMNS}, "vote_id": v["id"]} for v in latest.values()]
+    return pd.DataFrame(rows, columns=VOTE_COLUMNS)

@@ -98,6 +98,43 @@ def test_two_clients_at_once_never_see_each_others_turns(live_app):
     assert all(len(c) == 1 for c in convs.values()) and convs["a"] != convs["b"]
 
 
+def test_compare_round_and_vote_on_the_real_models(live_app):
+    """A typed question to two systems drawn at random from the offline ones, then a vote. Until
+    micro-blsp's adapter is trained it cannot load: the draw leaves it out, so the pair is
+    micro-cascade and micro-text (on a typed question both are SmolLM2 reading the same text)."""
+    from blsp_demo.loading import REGISTRY
+
+    blsp_ready = (REGISTRY["micro-blsp"].folder / "adapter.safetensors").is_file()
+    client = Client(live_app.url, verbose=False)
+    t0 = time.monotonic()
+    job = client.submit("What is the capital of France?", api_name="/compare")
+    answer_a, answer_b, status = job.result(timeout=300)
+    elapsed = time.monotonic() - t0
+    partials = {o[0] for o in job.outputs()} | {o[1] for o in job.outputs()}
+    assert answer_a.strip() and answer_b.strip() and "revealed after your vote" in status
+    assert len(partials) >= 6, "the answers did not stream"
+    reveal, shown = client.predict("A", "the first one is clearer", api_name="/vote")
+    print(f"\ncompare round (typed, real models): {elapsed:.1f} s; A={shown['A']['model']} "
+          f"(ttft {shown['A']['ttft_s']:.2f} s) {answer_a!r}; B={shown['B']['model']} "
+          f"(ttft {shown['B']['ttft_s']:.2f} s) {answer_b!r}")
+    pair = {shown["A"]["model"], shown["B"]["model"]}
+    assert pair <= set(REGISTRY) and len(pair) == 2
+    assert not any(m in status for m in pair), status  # the contenders stayed anonymous
+    if not blsp_ready:
+        assert pair == {"micro-cascade", "micro-text"}
+    assert shown["winner"] == shown["A"]["model"] and f"**A** was **{shown['A']['model']}**" in reveal
+
+    vote = [r for r in read_records(live_app.data_dir).records if r["id"] == shown["vote_id"]][0]
+    assert vote.items() >= {"kind": "vote", "choice": "A", "reason": "the first one is clearer", "source": "api",
+                            "model_a": shown["A"]["model"], "model_b": shown["B"]["model"],
+                            "question": "What is the capital of France?"}.items()
+    assert [t["response"] for t in vote["turns"]] == [answer_a, answer_b]
+    turns = {r["id"]: r for r in read_records(live_app.data_dir).records if r["kind"] == "turn"}
+    assert [turns[t]["compare_side"] for t in vote["turn_ids"]] == ["A", "B"]
+    for path in records_files(live_app.data_dir):
+        pd.read_json(path, lines=True)
+
+
 # ---- SIGKILL mid-session ----------------------------------------------------------------------------
 def start_server(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "BLSP_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}

@@ -1,7 +1,8 @@
 """A real browser against the real app: headless Chromium with a fake microphone that plays a
 spoken question (espeak-ng). Record, get a streamed answer from the real model, type a follow-up,
-thumbs up and down, then find the turn and label records in the data dir. Screenshots of the three
-tabs go to test-output/ (gitignored).
+thumbs up and down, then find the turn and label records in the data dir. Then a Compare round
+(a spoken example to two anonymous systems, a vote) and its ranking on the Dashboard. Screenshots
+go to test-output/ (gitignored).
 
 Needs apt's /usr/bin/chromium and pip's playwright (never `playwright install`)."""
 
@@ -144,4 +145,68 @@ def test_browser_speak_type_and_label(live_app, mic_wav):
     assert 2.5 < speech["audio_duration_s"] < RECORD_MS / 1000 + 1  # a busy machine starts recording late
     assert [(lab["turn_id"], lab["verdict"], lab["reason"]) for lab in labels] == \
         [(speech["id"], "accept", "right city"), (text["id"], "reject", "")]
+    assert not [e for e in errors if "favicon" not in e], errors
+
+
+def test_browser_compare_round_with_a_vote(live_app):
+    """Compare: a spoken example to two anonymous systems, both answers streaming side by side,
+    a vote with a reason, the reveal; then the ranking on the Dashboard."""
+    from playwright.sync_api import expect, sync_playwright
+
+    OUT.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            tempfile.mkdtemp(prefix="chromium-"), executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 1000})
+        try:
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+            page.goto(live_app.url)
+            page.get_by_role("tab", name="Compare").click()
+            answers = [page.locator("#cmp_answer_a"), page.locator("#cmp_answer_b")]
+            vote_a = page.locator("#vote_a")
+            expect(vote_a).to_be_disabled(timeout=60000)
+
+            t0 = time.monotonic()
+            page.locator("#cmp_examples").get_by_text("largest planet").click()
+            seen: list[tuple[str, str]] = []
+
+            def answered():
+                texts = (answers[0].inner_text().strip(), answers[1].inner_text().strip())
+                if any(texts) and (not seen or seen[-1] != texts):
+                    seen.append(texts)
+                return all(texts) and vote_a.is_enabled()
+            wait_for(answered, 240, "both answers")
+            elapsed = time.monotonic() - t0
+            a_text, b_text = seen[-1]
+            print(f"\nbrowser compare: both answers in {elapsed:.1f} s after the click; {len(seen)} renders")
+            assert len(seen) >= 3, f"the answers did not stream: {seen}"
+            expect(page.locator("#cmp_head_a")).to_have_text("Model A")  # anonymous until the vote
+            expect(page.locator("#cmp_question")).to_contain_text("largest planet")
+            page.screenshot(path=str(OUT / "browser-compare-before-vote.png"), full_page=True)
+
+            page.fill("#cmp_reason textarea", "names the planet")
+            vote_a.click()
+            expect(page.locator("#cmp_reveal")).to_contain_text("Your vote: A is better", timeout=15000)
+            expect(page.locator("#cmp_head_a")).to_contain_text("A: micro-")
+            expect(vote_a).to_be_disabled()
+            page.screenshot(path=str(OUT / "browser-compare.png"), full_page=True)
+
+            page.get_by_role("tab", name="Dashboard").click()
+            expect(page.locator("#board")).to_contain_text("micro-cascade", timeout=30000)
+            page.locator("#board_plot").scroll_into_view_if_needed()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(OUT / "browser-dashboard-compare.png"), full_page=True)
+        finally:
+            ctx.close()
+
+    votes = [r for r in read_records(live_app.data_dir).records if r["kind"] == "vote" and r["source"] == "browser"]
+    assert len(votes) == 1
+    vote = votes[0]
+    assert vote.items() >= {"choice": "A", "reason": "names the planet", "modality": "speech", "drawn": "random",
+                            "question": "What is the largest planet in our solar system?"}.items()
+    assert vote["winner"] == vote["model_a"] and {vote["model_a"], vote["model_b"]} <= {"micro-cascade", "micro-text",
+                                                                                         "micro-blsp"}
+    assert [t["response"].strip() for t in vote["turns"]] == [a_text, b_text]
     assert not [e for e in errors if "favicon" not in e], errors

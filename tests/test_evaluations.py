@@ -136,6 +136,18 @@ def test_resume_after_an_interrupted_run_gives_the_same_results(tmp_path, monkey
     assert calls3 == []
 
 
+def test_retry_errors_generates_failed_rows_again(tmp_path):
+    manifest = asr_manifest(tmp_path)
+    out = tmp_path / "out"
+    R.evaluate(args(manifest, out, systems="text"), factory([]))
+    write_wav(tmp_path / "gone.wav")  # the missing file turns up
+    calls = []
+    R.evaluate(args(manifest, out, systems="text"), factory(calls))
+    assert calls == []  # a failed row counts as done
+    scores = R.evaluate(args(manifest, out, systems="text", retry_errors=True), factory(calls))
+    assert calls == [1] and scores[0].n_errors == 0 and scores[0].score == pytest.approx(0.0)
+
+
 def test_a_system_that_cannot_load_is_reported_and_the_others_run(tmp_path):
     manifest = asr_manifest(tmp_path, missing=False)
     out = tmp_path / "out"

@@ -130,3 +130,28 @@ def test_step1_kinds_and_filters():
     assert filter_reason("the cat sat", "word " * 48, 48, 48, "respond") is None
     assert lr_at(0, TrainConfig(lr=1.0, warmup=10, steps=100)) == pytest.approx(0.1)
     assert lr_at(100, TrainConfig(lr=1.0, warmup=10, steps=100)) == pytest.approx(0.1)
+
+
+def test_step2_command_trains_from_audio_on_the_fly(official_checkpoint, tmp_path):
+    """The scale-out entry point (what `accelerate launch -m blsp_demo.train.step2` runs): an
+    official-layout checkpoint, a manifest of real audio files, step-1 targets, full windows."""
+    import numpy as np
+    import soundfile as sf
+
+    from blsp_demo.train.step2 import main
+
+    rows, targets = [], []
+    for i, text in enumerate(SENTENCES[:4]):
+        t = np.arange(16000) / 16000
+        sf.write(tmp_path / f"c{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), 16000)
+        rows.append({"id": f"c{i}", "audio": f"c{i}.wav", "transcript": text, "duration_s": 1.0})
+        targets.append({"id": f"c{i}", "kind": "repeat", "instruction": "Please repeat the following words.",
+                        "transcript": text, "target": text, "filtered": None})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "targets.jsonl").write_text("".join(json.dumps(r) + "\n" for r in targets))
+    out = tmp_path / "run"
+    main(["--init", str(official_checkpoint), "--manifest", str(tmp_path / "train.jsonl"), "--targets",
+          str(tmp_path / "targets.jsonl"), "--out", str(out), "--steps", "3", "--batch-size", "2",
+          "--llm-dtype", "float32", "--template", "blsp", "--window", "full", "--eval-every", "0"])
+    blob = torch.load(out / "last.pt", weights_only=False)
+    assert blob["state"]["step"] == 3 and len(blob["state"]["log"]) == 3

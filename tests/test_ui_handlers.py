@@ -396,7 +396,8 @@ def test_public_api_contract(services):
         api = client.view_api(return_format="dict")["named_endpoints"]
         assert {k: [p["parameter_name"] for p in v["parameters"]] for k, v in api.items()} == {
             "/chat_text": ["text"], "/chat_audio": ["audio", "instruction"],
-            "/feedback": ["message_index", "verdict", "reason"], "/reset": []}
+            "/feedback": ["message_index", "verdict", "reason"], "/reset": [],
+            "/compare": ["audio_or_text"], "/vote": ["choice", "reason"]}
         history, details, status, cleared = client.predict("Hi there", api_name="/chat_text")
         assert details["message_index"] == 1 and history[-1]["content"][0]["text"] == "Paris is the capital."
         history, details, status, _ = client.predict(handle_file(WAV), "Please answer the following question.",

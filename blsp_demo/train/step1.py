@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="i/n: this process handles every n-th row")
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    p.add_argument("--model", default="micro-text", help="whose LLM answers: any model spec (its text system)")
     args = p.parse_args(argv)
     from ..devices import set_threads
     from ..loading import load_engine
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads()
     i, n = (int(x) for x in args.shard.split("/"))
     rows = read_manifest(Path(args.manifest))[: args.limit][i::n]
-    engine = load_engine("micro-text", dtype="bfloat16" if args.batch_size > 1 else None)
+    engine = load_engine(args.model, "text", dtype="bfloat16" if args.batch_size > 1 else None)
     cfg = StepOneConfig(parse_kinds(args.kinds), args.max_new_tokens, args.batch_size, args.seed)
     counts = generate_targets(rows, engine, cfg, Path(args.out))
     print(json.dumps({"rows": len(rows), "counts": counts}))

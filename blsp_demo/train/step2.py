@@ -90,7 +90,8 @@ class Step2Trainer:
         self.opt = torch.optim.AdamW(adapter_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.model, self.opt = self.acc.prepare(model, self.opt)
         self.state = TrainState()
-        self.lengths = [features[e.id].shape[0] for e in examples]
+        self.lengths = [features.length(e.id) if hasattr(features, "length") else features[e.id].shape[0]
+                        for e in examples]
 
     def _tokenize(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"]
@@ -162,8 +163,10 @@ class Step2Trainer:
         while True:
             order = length_buckets(self.lengths, self.cfg.batch_size, self.cfg.seed, self.state.epoch)
             while self.state.batch_in_epoch < len(order):
-                yield [self.examples[i] for i in order[self.state.batch_in_epoch]]
-                self.state.batch_in_epoch += 1
+                # Under DDP each process takes its own batch of every num_processes consecutive ones.
+                k = self.state.batch_in_epoch + self.acc.process_index
+                yield [self.examples[i] for i in order[k % len(order)]]
+                self.state.batch_in_epoch += self.acc.num_processes
             self.state.epoch, self.state.batch_in_epoch = self.state.epoch + 1, 0
 
     @torch.no_grad()
@@ -238,3 +241,92 @@ def plot_losses(log: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class OnTheFlyStates:
+    """Encoder states computed from audio when there is no cache (GPU training at scale).
+    Behaves like the cache: `states[id]` -> (T', d_enc); `length(id)` for length bucketing."""
+
+    def __init__(self, model, extractor, rows: list[dict], window: str):
+        self.model, self.extractor, self.window = model, extractor, window
+        self.rows = {r["id"]: r for r in rows}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def length(self, key: str) -> int:
+        return int(50 * float(self.rows[key].get("duration_s") or 10.0))  # 50 encoder frames per second
+
+    @torch.no_grad()
+    def __getitem__(self, key: str) -> torch.Tensor:
+        from ..audio import load_audio
+        from ..model.encoder import encode_features, log_mel
+
+        samples = load_audio(self.rows[key]["audio"])[: 30 * 16000]
+        features, frames = log_mel(self.extractor, samples, self.window)
+        encoder = self.model.whisper_model
+        weight = next(encoder.parameters())
+        states, lengths = encode_features(encoder, features.to(weight.device, weight.dtype),
+                                          frames.to(weight.device), self.window)
+        return states[0, : int(lengths[0])].float()
+
+
+def load_initial_model(init: str | None, whisper: str | None, llm: str | None):
+    """The model to train: an existing BLSP folder (official or micro layout), or a fresh adapter
+    between a Whisper checkpoint's encoder and a causal LM (paper scale: whisper-small + a 7B LLM)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
+
+    from ..devices import Placement
+    from ..loading import load_blsp_folder
+    from ..model.blsp import BlspConfig, BlspModel
+    from ..sources import resolve_checkpoint
+
+    place = Placement(torch.device("cpu"), torch.float32)
+    if init:
+        model, tok, fx, _ = load_blsp_folder(resolve_checkpoint(init), place)
+        return model, tok, fx
+    wdir, ldir = resolve_checkpoint(whisper), resolve_checkpoint(llm)
+    encoder = WhisperModel.from_pretrained(wdir).get_encoder()
+    lm = AutoModelForCausalLM.from_pretrained(ldir, dtype=torch.float32)
+    config = BlspConfig(whisper_config=encoder.config.to_dict(), llama_config=lm.config.to_dict(),
+                        prompt_template="blsp", encoder_window="full")
+    model = BlspModel(config)
+    model.whisper_model.load_state_dict(encoder.state_dict())
+    model.llama_model.load_state_dict(lm.state_dict())
+    return model, AutoTokenizer.from_pretrained(ldir), WhisperFeatureExtractor.from_pretrained(wdir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`accelerate launch -m blsp_demo.train.step2 --init FOLDER | --whisper W --llm L --manifest M --targets T --out O`"""
+    import argparse
+
+    from .batches import Example
+    from .features import read_manifest
+
+    p = argparse.ArgumentParser(description="BLSP step 2: train the adapter by behavior alignment")
+    p.add_argument("--init", help="a BLSP folder or Hub id to continue from (official or micro layout)")
+    p.add_argument("--whisper", help="Whisper checkpoint for a fresh adapter (e.g. openai/whisper-small)")
+    p.add_argument("--llm", help="causal LM for a fresh adapter (the stage-1 instruction-tuned LLM)")
+    p.add_argument("--manifest", required=True, help="train manifest (audio, transcript, id, duration_s)")
+    p.add_argument("--targets", required=True, help="step 1 output (id, kind, instruction, transcript, target)")
+    p.add_argument("--out", required=True)
+    for name, field_ in TrainConfig.__dataclass_fields__.items():
+        p.add_argument("--" + name.replace("_", "-"), type=type(field_.default), default=field_.default)
+    a = p.parse_args(argv)
+    if not a.init and not (a.whisper and a.llm):
+        p.error("give --init FOLDER, or --whisper and --llm for a fresh adapter")
+    model, tok, fx = load_initial_model(a.init, a.whisper, a.llm)
+    cfg = TrainConfig(**{k: getattr(a, k) for k in TrainConfig.__dataclass_fields__})
+    rows = read_manifest(Path(a.manifest))
+    targets = [json.loads(l) for l in Path(a.targets).read_text().splitlines() if l.strip()]
+    examples = [Example(t["id"], t["instruction"], t["transcript"], t["target"], t["kind"], not t.get("truncated"))
+                for t in targets if not t.get("filtered")]
+    states = OnTheFlyStates(model, fx, rows, cfg.window)
+    examples = [e for e in examples if e.id in states]
+    trainer = Step2Trainer(model, tok, examples, states, cfg, Path(a.out))
+    trainer.resume()
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()

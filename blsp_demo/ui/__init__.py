@@ -1,4 +1,4 @@
-"""The Gradio app: one module per tab (chat, annotate, dashboard) over `services.Services`.
+"""The Gradio app: one module per tab (chat, compare, annotate, dashboard) over `services.Services`.
 
     services = Services.create(AppSettings.from_env())
     demo = build_demo(services)
@@ -17,7 +17,8 @@ INTRO = (
     "## {title}\n"
     "Speak (record or upload) or type; switch freely within one conversation. A frozen Whisper encoder "
     "feeds a frozen LLM through a trained adapter (BLSP); *cascade* models transcribe with Whisper first. "
-    "Rate every answer with the thumbs under it. Off localhost the browser only offers the microphone over **HTTPS**."
+    "Rate every answer with the thumbs under it, or let two anonymous systems answer in **Compare** and vote. "
+    "Off localhost the browser only offers the microphone over **HTTPS**."
 )
 
 
@@ -26,6 +27,7 @@ def build_demo(services: Services):
 
     from .annotate import build_annotate_tab
     from .chat import build_chat_tab
+    from .compare import build_compare_tab
     from .dashboard import build_dashboard_tab
 
     concurrency = int(os.environ.get("BLSP_CONCURRENCY", "2"))
@@ -33,6 +35,8 @@ def build_demo(services: Services):
         gr.Markdown(INTRO.format(title=TITLE))
         with gr.Tab("Chat"):
             chat = build_chat_tab(services, concurrency)
+        with gr.Tab("Compare"):
+            build_compare_tab(services, chat, concurrency)
         with gr.Tab("Annotate") as annotate_tab:
             build_annotate_tab(services, chat.state, annotate_tab)
         with gr.Tab("Dashboard") as dashboard_tab:

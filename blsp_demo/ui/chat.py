@@ -119,6 +119,7 @@ class ChatHandlers:
 class ChatTab:
     state: gr.State
     chatbot: gr.Chatbot
+    settings: gr.State  # ChatSettings: generation options and "keep my audio" (Compare uses them too)
 
 
 def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
@@ -202,4 +203,4 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
                   preset, [target, labels], api_visibility="private", queue=False)
     for src in (preset, target, labels):
         src.change(h.preset, [preset, target, labels], instruction, api_visibility="private", queue=False)
-    return ChatTab(state, chatbot)
+    return ChatTab(state, chatbot, settings)

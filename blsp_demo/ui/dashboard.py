@@ -1,4 +1,5 @@
-"""The Dashboard tab: accept rates (human labels and judge verdicts), agreement, latency.
+"""The Dashboard tab: accept rates (human labels and judge verdicts), agreement, latency, and the
+Compare votes: win rates with bootstrap intervals and a Bradley-Terry ranking (`ranking.py`).
 
 Figures are built with `matplotlib.figure.Figure` (not pyplot): no global figure state, safe in
 Gradio's worker threads.
@@ -12,7 +13,8 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..store import answers_frame
+from ..ranking import PRIOR_TIES, leaderboard
+from ..store import answers_frame, votes_frame
 from .services import Services
 
 VERDICTS = ("accept", "reject")
@@ -127,9 +129,77 @@ def summary_markdown(frame, rates, n: int, kappa: float) -> str:
     return "  \n".join(lines)
 
 
+# ---- Compare votes -------------------------------------------------------------------------
+BOARD_NOTE = (
+    "Win rate: points per vote (win 1, tie ½, loss 0), with a 95% bootstrap interval over the model's votes. "
+    "Rating: Bradley-Terry on the Elo scale (1000 = the geometric mean; +400 = 10:1 odds), fitted with "
+    "{prior:g} virtual tie between every pair so that it stays finite with few votes; its interval "
+    "resamples all votes. *Both bad* counts as a tie (neither answer was better) and is also counted apart."
+)
+
+
+def comparison_table(board):
+    """The leaderboard as shown: intervals as text, rates in %."""
+    import pandas as pd
+
+    def span(lo, hi):
+        return "" if math.isnan(lo) or math.isnan(hi) else f"[{lo:.0f}, {hi:.0f}]"
+
+    return pd.DataFrame({
+        "rank": board["rank"], "model": board["model"], "rating": board["rating"].round(0),
+        "rating 95% CI": [span(lo, hi) for lo, hi in zip(board["rating_lo"], board["rating_hi"])],
+        "votes": board["games"], "W-T-L": [f"{w}-{t}-{lo}" for w, t, lo in
+                                          zip(board["wins"], board["ties"], board["losses"])],
+        "both bad": board["both_bad"], "win rate %": board["win_rate"].round(1),
+        "win rate 95% CI": [span(lo, hi) for lo, hi in zip(board["win_rate_lo"], board["win_rate_hi"])],
+    })
+
+
+def comparison_figure(board) -> Figure:
+    fig = Figure(figsize=(9, 3.6), layout="constrained")
+    if board.empty:
+        return _empty(fig, "No Compare votes yet: vote in the Compare tab")
+    axes = fig.subplots(1, 2)
+    names, ys = list(board["model"]), np.arange(len(board))[::-1]  # best on top
+    for ax, (col, lo, hi), title in (
+            (axes[0], ("win_rate", "win_rate_lo", "win_rate_hi"), "Win rate (%), 95% bootstrap interval"),
+            (axes[1], ("rating", "rating_lo", "rating_hi"), "Bradley-Terry rating, 95% interval")):
+        value = board[col].to_numpy(float)
+        err = np.abs(np.vstack([value - board[lo].to_numpy(float), board[hi].to_numpy(float) - value]))
+        ax.errorbar(value, ys, xerr=np.nan_to_num(err), fmt="o", capsize=4)
+        ax.set_yticks(ys, names, fontsize=8)
+        ax.set_ylim(-0.7, len(board) - 0.3)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].axvline(50, color="gray", lw=0.8, ls="--")
+    axes[0].set_xlim(-5, 105)
+    axes[1].axvline(1000, color="gray", lw=0.8, ls="--")
+    for x, y, n in zip(board["win_rate"], ys, board["games"]):
+        axes[0].annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7)
+    return fig
+
+
+def comparison_summary(votes, board) -> str:
+    if votes.empty:
+        return "**0** Compare votes: the ranking appears once there are votes."
+    counts = votes["choice"].value_counts()
+    parts = ", ".join(f"{counts.get(c, 0)} {w}" for c, w in
+                      (("A", "for A"), ("B", "for B"), ("tie", "ties"), ("both_bad", "both bad")))
+    top = board.iloc[0]
+    return (f"**{len(votes)}** Compare votes ({parts}) on **{len(board)}** models. Top: **{top['model']}** "
+            f"(rating {top['rating']:.0f}, win rate {top['win_rate']:.0f}%).  \n"
+            + BOARD_NOTE.format(prior=PRIOR_TIES))
+
+
 class DashboardHandlers:
     def __init__(self, services: Services):
         self.store = services.store
+
+    def refresh_votes(self):
+        """The Compare section: summary, figure, leaderboard table."""
+        votes = votes_frame(self.store.read().records)
+        board = leaderboard(zip(votes["model_a"], votes["model_b"], votes["choice"]))
+        return comparison_summary(votes, board), comparison_figure(board), comparison_table(board)
 
     def refresh(self):
         frame = answers_frame(self.store.read().records)
@@ -148,6 +218,11 @@ def build_dashboard_tab(services: Services, tab: gr.Tab) -> None:
         agreement_plot = gr.Plot(label="Agreement", scale=1)
     latency_plot = gr.Plot(label="Latency")
     rates_table = gr.Dataframe(label="Accept rates", interactive=False)
+    gr.Markdown("### Compare: which system answers better")
+    board_summary = gr.Markdown(elem_id="board_summary")
+    board_plot = gr.Plot(label="Win rates and ranking", elem_id="board_plot")
+    board_table = gr.Dataframe(label="Ranking (Bradley-Terry)", interactive=False, elem_id="board")
     outputs = [summary, rates_plot, agreement_plot, latency_plot, rates_table]
     for trigger in (tab.select, refresh.click):
         trigger(h.refresh, None, outputs, api_visibility="private")
+        trigger(h.refresh_votes, None, [board_summary, board_plot, board_table], api_visibility="private")

@@ -99,6 +99,7 @@ class Progress:
     status: str
     details: dict | None = None  # set when the turn is done
     done: bool = False
+    record: dict | None = None  # the turn record, once it is logged
 
 
 class TurnFailed(Exception):
@@ -129,11 +130,12 @@ class Chat:
         self.pool = services.pool
 
     # -- answering
-    def answer(self, state: ChatState, settings: ChatSettings, inp: UserInput) -> Iterator[Progress]:
-        """Stream the answer to `inp`; log the turn. Raises TurnFailed (after logging the
-        attempt) with the state untouched when the turn cannot be answered."""
+    def answer(self, state: ChatState, settings: ChatSettings, inp: UserInput,
+               extra: dict | None = None) -> Iterator[Progress]:
+        """Stream the answer to `inp`; log the turn (with the `extra` fields). Raises TurnFailed
+        (after logging the attempt) with the state untouched when the turn cannot be answered."""
         t0 = time.perf_counter()
-        fields = self._turn_fields(state, settings, inp)
+        fields = {**self._turn_fields(state, settings, inp), **(extra or {})}
         try:
             inp.check()
             shown = None
@@ -168,7 +170,7 @@ class Chat:
                    "app_ttft_s": round(app_ttft or 0.0, 3), "total_s": round(response.total_s, 3),
                    "tokens_per_s": round(response.tokens_per_s, 2), "new_tokens": response.new_tokens,
                    "notices": list(response.notices)}
-        return Progress(history, new, status_line(fields["model"], response), details, done=True)
+        return Progress(history, new, status_line(fields["model"], response), details, done=True, record=record)
 
     def _turn_fields(self, state: ChatState, settings: ChatSettings, inp: UserInput) -> dict:
         return {"conversation": state.conversation.id, "turn_index": state.user_turns,

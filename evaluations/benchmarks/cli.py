@@ -1,0 +1,114 @@
+"""`python -m evaluations.benchmarks [--quick]`: run every stage, print the table, end with the one
+summary line; the full run also writes RESULTS.md, results.json and the TTFT plot."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from blsp_demo.devices import set_threads
+
+from . import machine
+from .official import OfficialPath
+from .report import Results, final_line, text_table, write_results
+from .speech import QUESTION_SECONDS, chat_script, five_second_clip, question_clips
+from .stages import FULL, QUICK, Limit, Settings, describe_limit, log, measure_bandwidth, run_batch, run_chat, \
+    run_question, warm_up
+from .subjects import engine_for, load_subject
+
+HERE = Path(__file__).resolve().parent
+QUESTION = "Could you tell me what the capital of France is, and why it matters?"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluations.benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="one repetition, short replies, 6 questions (a few minutes)")
+    p.add_argument("--model", default="micro-blsp", help="micro-blsp (default), paper-shape, or a BLSP folder / Hub id")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best there is)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: $BLSP_THREADS or all cores)")
+    p.add_argument("--reps", type=int, default=None, help="repetitions of the conversation")
+    p.add_argument("--batch-n", type=int, default=None, help="spoken questions in the batch stage")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write RESULTS.md, results.json and the plot here (full run default: evaluations/benchmarks)")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile (full run)")
+    return p.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = QUICK if args.quick else FULL
+    changes = {k: v for k, v in {"reps": args.reps, "batch_n": args.batch_n}.items() if v is not None}
+    if args.no_profile:
+        changes["profile"] = False
+    return replace(s, **changes)
+
+
+def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> Results:
+    """Every stage on one engine; the official path runs on the same model object."""
+    t_start = time.perf_counter()
+    official = OfficialPath.from_engine(engine)
+    engines = {"engine": engine}
+    if s.full_window_engine and engine.window != "full":  # turn 1: how much is the window, how much the rest
+        engines["engine-full"] = engine_for(engine.model, engine.tokenizer, engine.feature_extractor,
+                                            machine_place(engine), engine.model_id, window="full")
+    load = {"loadavg_start": machine.load_average()}
+    other = machine.OtherLoad()
+    log(f"making speech with espeak-ng in {work}")
+    clip = str(five_second_clip(QUESTION, work / "question5s.wav"))
+    script = chat_script(work / "chat", s.turns)
+    clips = [path for path, _ in question_clips(work / "questions", s.batch_n)]
+    limit = Limit()
+    measure_bandwidth(limit, engine.device, s, times=2)  # before and after the peak-memory window:
+    machine.reset_peak_rss()  # the copy's buffers are not the model's memory
+    warm_up(engines, official, clip)
+    log(f"5 s question ({QUESTION_SECONDS:.0f} s clip)")
+    questions = run_question(engines, official, clip, s)
+    log("conversation")
+    chats = run_chat(engine, official, script, s)
+    log("batch")
+    batch = run_batch(engine, official, clips, s)
+    memory = {"peak_rss_serving": machine.peak_rss_bytes(), "peak_rss_lifetime": machine.lifetime_peak_rss_bytes(),
+              "device_peak": machine.device_peak_bytes(engine.device)}
+    measure_bandwidth(limit, engine.device, s, times=2)
+    profile = None
+    if s.profile:
+        from .profiling import profile_turns
+
+        log("profile")
+        profile = profile_turns(engine, official, script, s)
+    load |= {"loadavg_end": machine.load_average(), "other_cores": other.cores()}
+    return Results(settings=s, model=model, machine=machine.describe(engine.device, threads),
+                   samples=questions + chats, batch=batch, limit=describe_limit(engine, limit, questions),
+                   memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile)
+
+
+def machine_place(engine):
+    from blsp_demo.devices import Placement
+
+    return Placement(engine.device, next(engine.model.parameters()).dtype)
+
+
+def main(argv: list[str] | None = None) -> Results:
+    args = parse_args(argv)
+    threads = set_threads(args.threads)
+    s = settings_from(args)
+    log(f"loading {args.model} ({threads} thread(s))")
+    engine, model = load_subject(args.model, args.device, args.dtype)
+    with tempfile.TemporaryDirectory(prefix="blsp-bench-") as tmp:
+        results = run_benchmark(engine, model, s, Path(tmp), threads)
+    if engine.device.type == "cpu" and not torch.cuda.is_available():
+        results.notes.append("no GPU on this machine: CPU only (the code takes --device cuda unchanged)")
+    out = args.out or (None if args.quick else HERE)
+    if out is not None:
+        command = "python -m evaluations.benchmarks " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        log(f"wrote {write_results(results, out, command.strip())}")
+    print(text_table(results))
+    print(final_line(results))
+    return results
