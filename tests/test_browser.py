@@ -169,7 +169,7 @@ def test_browser_compare_round_with_a_vote(live_app):
             expect(vote_a).to_be_disabled(timeout=60000)
 
             t0 = time.monotonic()
-            page.locator("#cmp_examples").get_by_text("largest planet").click()
+            page.locator("#cmp_examples").get_by_text("capital of France").click()
             seen: list[tuple[str, str]] = []
 
             def answered():
@@ -183,10 +183,10 @@ def test_browser_compare_round_with_a_vote(live_app):
             print(f"\nbrowser compare: both answers in {elapsed:.1f} s after the click; {len(seen)} renders")
             assert len(seen) >= 3, f"the answers did not stream: {seen}"
             expect(page.locator("#cmp_head_a")).to_have_text("Model A")  # anonymous until the vote
-            expect(page.locator("#cmp_question")).to_contain_text("largest planet")
+            expect(page.locator("#cmp_question")).to_contain_text("capital of France")
             page.screenshot(path=str(OUT / "browser-compare-before-vote.png"), full_page=True)
 
-            page.fill("#cmp_reason textarea", "names the planet")
+            page.fill("#cmp_reason textarea", "names the city")
             vote_a.click()
             expect(page.locator("#cmp_reveal")).to_contain_text("Your vote: A is better", timeout=15000)
             expect(page.locator("#cmp_head_a")).to_contain_text("A: micro-")
@@ -204,8 +204,8 @@ def test_browser_compare_round_with_a_vote(live_app):
     votes = [r for r in read_records(live_app.data_dir).records if r["kind"] == "vote" and r["source"] == "browser"]
     assert len(votes) == 1
     vote = votes[0]
-    assert vote.items() >= {"choice": "A", "reason": "names the planet", "modality": "speech", "drawn": "random",
-                            "question": "What is the largest planet in our solar system?"}.items()
+    assert vote.items() >= {"choice": "A", "reason": "names the city", "modality": "speech", "drawn": "random",
+                            "question": "What is the capital of France?"}.items()
     assert vote["winner"] == vote["model_a"] and {vote["model_a"], vote["model_b"]} <= {"micro-cascade", "micro-text",
                                                                                          "micro-blsp"}
     assert [t["response"].strip() for t in vote["turns"]] == [a_text, b_text]

@@ -17,6 +17,7 @@ from blsp_demo.devices import set_threads
 
 from . import machine
 from .official import OfficialPath
+from .profiling import profile_turns
 from .report import Results, final_line, text_table, write_results
 from .speech import QUESTION_SECONDS, chat_script, five_second_clip, question_clips
 from .stages import FULL, QUICK, Limit, Settings, describe_limit, log, measure_bandwidth, run_batch, run_chat, \
@@ -64,6 +65,7 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     clip = str(five_second_clip(QUESTION, work / "question5s.wav"))
     script = chat_script(work / "chat", s.turns)
     clips = [path for path, _ in question_clips(work / "questions", s.batch_n)]
+    loading_peak = machine.peak_rss_bytes()  # model loading and the clips: read before the reset
     limit = Limit()
     measure_bandwidth(limit, engine.device, s, times=2)  # before and after the peak-memory window:
     machine.reset_peak_rss()  # the copy's buffers are not the model's memory
@@ -74,17 +76,15 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     chats = run_chat(engine, official, script, s)
     log("batch")
     batch = run_batch(engine, official, clips, s)
-    memory = {"peak_rss_serving": machine.peak_rss_bytes(), "peak_rss_lifetime": machine.lifetime_peak_rss_bytes(),
+    memory = {"peak_rss_serving": machine.peak_rss_bytes(), "peak_rss_loading": loading_peak,
               "device_peak": machine.device_peak_bytes(engine.device)}
     measure_bandwidth(limit, engine.device, s, times=2)
     profile = None
     if s.profile:
-        from .profiling import profile_turns
-
         log("profile")
         profile = profile_turns(engine, official, script, s)
     load |= {"loadavg_end": machine.load_average(), "other_cores": other.cores()}
-    return Results(settings=s, model=model, machine=machine.describe(engine.device, threads),
+    return Results(settings=s, model=model, window=engine.window, machine=machine.describe(engine.device, threads),
                    samples=questions + chats, batch=batch, limit=describe_limit(engine, limit, questions),
                    memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile)
 

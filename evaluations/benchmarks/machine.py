@@ -73,7 +73,8 @@ def reset_peak_rss() -> bool:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory since the last `reset_peak_rss` (or since the start)."""
+    """Peak resident memory since the last `reset_peak_rss` (or since the start). The reset also
+    clears what `getrusage` reports, so read the lifetime peak before resetting."""
     if _STATUS.is_file():
         m = re.search(r"VmHWM:\s+(\d+) kB", _STATUS.read_text())
         if m:

@@ -19,11 +19,12 @@ GB = 1e9
 class Results:
     settings: Settings
     model: str
+    window: str  # the engine's encoder window
     machine: dict
     samples: list[Sample]
     batch: BatchResult
     limit: Limit
-    memory: dict  # peak_rss_serving, peak_rss_lifetime, device_peak (bytes or None)
+    memory: dict  # peak_rss_serving, peak_rss_loading, device_peak (bytes or None)
     load: dict  # loadavg_start, loadavg_end, other_cores
     wall_s: float = 0.0
     profile: dict | None = None
@@ -128,7 +129,7 @@ def limit_lines(r: Results) -> list[str]:
              f"{med(engine, 'tokens_per_s'):.1f} tok/s = {decode_vs_bound(r, clock='wall'):.2f} of it; "
              f"official {decode_vs_bound(r, 'official', 'wall'):.2f}",
              f"  peak RSS while benchmarking {mem['peak_rss_serving'] / 2**30:.2f} GiB; "
-             f"including model loading {mem['peak_rss_lifetime'] / 2**30:.2f} GiB"]
+             f"while loading the model {mem['peak_rss_loading'] / 2**30:.2f} GiB"]
     if mem.get("device_peak"):
         lines.append(f"  peak device memory {mem['device_peak'] / 2**30:.2f} GiB")
     return lines
@@ -146,7 +147,7 @@ def plot_ttft(r: Results, path: Path) -> Path:
     for k in turns[::2]:
         ax.axvspan(k - 0.5, k + 0.5, color="0.93", lw=0)
     for system, color, label in (("official", "tab:red", "official path (30 s windows, no cache)"),
-                                 ("engine", "tab:blue", "engine (trimmed window, KV cache)")):
+                                 ("engine", "tab:blue", f"engine ({r.window} window, KV cache)")):
         ks = [k for k in turns if pick(r.samples, "chat", system, k)]
         ys = [med(pick(r.samples, "chat", system, k), "ttft_s") * 1e3 for k in ks]
         lo = [y - min(x.ttft_s for x in pick(r.samples, "chat", system, k)) * 1e3 for k, y in zip(ks, ys)]
