@@ -1,0 +1,69 @@
+"""The micro-blsp pipeline end to end at toy size, and the shipped adapter (slow: real weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "blsp_demo" / "weights" / "micro-blsp"
+
+
+@pytest.mark.slow
+def test_the_whole_pipeline_runs_at_toy_size(tmp_path):
+    """corpus -> features -> step 1 -> CTC warm start -> step 2 -> export, as one command."""
+    env = {**os.environ, "BLSP_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    work, out = tmp_path / "work", tmp_path / "exported"
+    cmd = [sys.executable, "-m", "blsp_demo.train.micro", "run", "--work", str(work), "--tiny", "--clips", "14",
+           "--train-clips", "6", "--generate", "3", "--ctc-steps", "3", "--steps", "4", "--batch-size", "2",
+           "--export", str(out)]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=900)
+    targets = [json.loads(l) for l in (work / "targets.jsonl").read_text().splitlines()]
+    assert len(targets) == 3 and all(t["target"] for t in targets if not t["filtered"])
+    import torch
+
+    blob = torch.load(work / "step2" / "last.pt", weights_only=False)
+    assert blob["state"]["step"] == 4
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["components"]["adapter"]["sha256"] and (out / "adapter.safetensors").is_file()
+    # Rerunning resumes: every stage finds its output and step 2 is already at its last step.
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=900)
+    assert torch.load(work / "step2" / "last.pt", weights_only=False)["state"]["step"] == 4
+
+
+needs_adapter = pytest.mark.skipif(not (SHIPPED / "adapter.safetensors").is_file(),
+                                   reason="the micro-blsp adapter has not been trained and committed yet")
+
+
+@pytest.mark.slow
+@needs_adapter
+def test_shipped_micro_blsp_answers_speech(tts_question):
+    from blsp_demo.config import GenerationOptions
+    from blsp_demo.conversation import Conversation
+    from blsp_demo.loading import load_engine
+
+    engine = load_engine("micro-blsp")
+    assert engine.name == "blsp" and engine.window == "trimmed"
+    r = engine.respond(Conversation().add_speech(str(tts_question)), GenerationOptions(max_new_tokens=16))
+    assert r.new_tokens > 0 and r.text.strip()
+
+
+@pytest.mark.slow
+@needs_adapter
+def test_a_damaged_adapter_is_refused(tmp_path):
+    from blsp_demo.loading import load_engine
+    from blsp_demo.sources import WeightsError
+
+    folder = tmp_path / "micro-copy"
+    shutil.copytree(SHIPPED, folder)
+    data = bytearray((folder / "adapter.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "adapter.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_engine(str(folder))
