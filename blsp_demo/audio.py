@@ -92,7 +92,24 @@ def decode(source: PathLike | bytes, max_seconds: float | None = None) -> np.nda
     """A file (path or its bytes) -> 16 kHz mono float32, via ffmpeg; at most `max_seconds` of it."""
     with _local_file(source) as path:
         _reject_nonfinite_file(path, max_seconds)
-        return _ffmpeg_decode(path, max_seconds)
+        fast = _read_native(path, max_seconds)
+        return fast if fast is not None else _ffmpeg_decode(path, max_seconds)
+
+
+def _read_native(path, max_seconds: float | None) -> np.ndarray | None:
+    """16 kHz mono WAV/FLAC need no resampling: read them with libsndfile directly (about 1 ms
+    instead of ~200 ms for an ffmpeg process). Anything else, or any doubt, goes to ffmpeg."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        if info.samplerate != SAMPLE_RATE or info.channels != 1 or info.format not in ("WAV", "FLAC"):
+            return None
+        frames = -1 if max_seconds is None else int((max_seconds + 1) * SAMPLE_RATE)
+        samples, _ = sf.read(str(path), frames=frames, dtype="float32", always_2d=False)
+    except Exception:  # noqa: BLE001 - unreadable here is not unreadable for ffmpeg
+        return None
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def from_rate_and_array(sample_rate: int, array: np.ndarray) -> np.ndarray:

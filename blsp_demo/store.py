@@ -303,9 +303,12 @@ ANSWER_COLUMNS = ["turn_id", "ts", "session", "conversation", "turn_index", "mod
 
 
 def latest_verdicts(records: Iterable[dict], kind: str) -> dict[str, dict]:
-    """turn_id -> the latest `kind` record about it whose verdict still stands (unset retracts)."""
+    """turn_id -> the latest `kind` record about it whose verdict still stands (unset retracts a
+    label; a judgement that could not judge does not hide an earlier verdict)."""
     latest: dict[str, dict] = {}
     for r in sorted((r for r in records if r.get("kind") == kind), key=lambda r: str(r.get("ts"))):
+        if kind == "judgement" and verdict_of(r) not in ("accept", "reject"):
+            continue
         latest[r["turn_id"]] = r
     return {t: r for t, r in latest.items() if verdict_of(r) in ("accept", "reject")}
 

@@ -18,7 +18,8 @@ speech (adapter output) in the prompt, and with the transcript in its place. Rep
   t-SNE; scikit-learn is not a dependency here), coloured by instruction, marked by modality.
 
 Needs a BLSP engine (`load_engine(SPEC, "blsp")`): it uses `engine.plan` and the LLM's forward
-with `output_hidden_states`.
+with `output_hidden_states`. `--fresh-adapter` measures the micro layout with an untrained adapter
+instead: the numbers a model shows with no alignment at all.
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ def markdown(report: dict, model: str) -> str:
     return "\n".join(lines)
 
 
+def fresh_micro_engine():
+    """Bundled Whisper base + SmolLM2 with a freshly initialised adapter (seed 0)."""
+    import torch
+
+    from blsp_demo.devices import placement
+    from blsp_demo.loading import assemble_micro, build_engine, micro_config
+
+    torch.manual_seed(0)
+    place = placement()
+    model, tok, extractor = assemble_micro(micro_config(), place)
+    return build_engine("micro-fresh-adapter", "blsp", place, blsp=model, tokenizer=tok, extractor=extractor,
+                        template="chatml")
+
+
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
@@ -177,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="micro-blsp")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n", type=int, default=50, help="items (the retrieval pool size)")
+    p.add_argument("--fresh-adapter", action="store_true",
+                   help="baseline: the micro layout with an untrained adapter (what the numbers are without alignment)")
     a = p.parse_args(argv)
     set_threads()
     rows = [json.loads(x) for x in a.manifest.read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -184,15 +201,18 @@ def main(argv: list[str] | None = None) -> None:
              if r.get("audio") and (r.get("transcript") or r.get("reference"))][:a.n]
     for item in items:
         item.setdefault("transcript", item.get("reference"))
-    engine = load_engine(a.model, "blsp")
+    engine = fresh_micro_engine() if a.fresh_adapter else load_engine(a.model, "blsp")
+    label = "micro layout, untrained adapter" if a.fresh_adapter else a.model
     with tqdm(total=len(items), desc="states", unit="item") as bar:
         speech, text = collect_states(engine, items, progress=bar)
     report = analyse(speech, text)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "representation.json").write_text(json.dumps(report, indent=1))
-    (a.out / "representation.md").write_text(markdown(report, a.model))
-    plot(speech, text, a.out / "representation.png", f"{a.model}: last prompt token (PCA)")
-    print(markdown(report, a.model))
+    command = (f"python -m evaluations.representation --manifest {a.manifest} --n {a.n} --out {a.out} "
+               + ("--fresh-adapter" if a.fresh_adapter else f"--model {a.model}"))
+    (a.out / "representation.md").write_text(markdown(report, label) + f"\nMade with:\n\n```\n{command}\n```\n")
+    plot(speech, text, a.out / "representation.png", f"{label}: last prompt token (PCA)")
+    print(markdown(report, label))
 
 
 if __name__ == "__main__":

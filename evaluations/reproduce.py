@@ -26,11 +26,8 @@ HEADINGS = {"asr": "Table 2 (left): ASR by repetition, TTS speech", "real": "Tab
 
 def table_of(results_md: Path) -> list[str]:
     """The table lines and the notes under it, without the file's title and command."""
-    lines = results_md.read_text(encoding="utf-8").splitlines()
-    body = lines[2:]
-    if "Made with:" in body:
-        body = body[:body.index("Made with:")]
-    return [line for line in body]
+    body = results_md.read_text(encoding="utf-8").splitlines()[2:]
+    return body[:body.index("Made with:")] if "Made with:" in body else body
 
 
 def main(argv: list[str] | None = None) -> None:

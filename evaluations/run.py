@@ -296,6 +296,8 @@ def write_markdown(path: Path, scores: list[Score], systems: list[str], system_e
         sigs.append(f"- accept_rate: judge `{header['judge_model']}`, prompt `{header['prompt_version']}`")
     if sigs:
         lines += ["", "Metric signatures:", "", *sigs]
+    if header.get("judge_check"):
+        lines += ["", "Sanity check of the judge (answer match as a rough reference):", "", *header["judge_check"]]
     lines += ["", "Made with:", "", "```", header["command"], "```", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -319,8 +321,31 @@ def write_results(out: Path, rows: list[dict], systems: list[str], group: str, m
     write_csv(out / "results.csv", scores)
     write_markdown(out / "results.md", scores, order, system_errors, {
         "title": TITLES[group], "manifest": manifest.name, "model": model, "n_rows": len(rows),
-        "command": command, "judge_model": judge_model, "prompt_version": PROMPT_VERSION})
+        "command": command, "judge_model": judge_model, "prompt_version": PROMPT_VERSION,
+        "judge_check": judge_check(rows, preds, judgements, order, judge_model) if judge_model else []})
     return scores
+
+
+def judge_check(rows: list[dict], predictions: dict, judgements: dict, systems: list[str], judge_model: str) -> list[str]:
+    """How often the judge's verdicts agree with answer match (a cheap sanity check of the judge:
+    a judge that accepts everything shows up as kappa ~0)."""
+    from blsp_demo.judge import PROMPT_VERSION
+    from blsp_demo.metrics import answer_match, cohen_kappa
+
+    lines = []
+    for system in systems:
+        pairs = []
+        for r in rows:
+            j = judgements.get((system, r["id"], judge_model, PROMPT_VERSION), {}).get("verdict")
+            if r["task"] == "qa" and (system, r["id"]) in predictions and j in ("accept", "reject"):
+                hit = answer_match(predictions[(system, r["id"])]["scored"], TASKS["qa"].reference(r))[0]
+                pairs.append(("accept" if hit else "reject", j))
+        if pairs:
+            kappa = cohen_kappa([a for a, _ in pairs], [b for _, b in pairs], ("accept", "reject"))
+            agree = 100 * sum(a == b for a, b in pairs) / len(pairs)
+            lines.append(f"- {SYSTEM_NAMES.get(system, system)}: judge vs answer match on {len(pairs)} answers: "
+                         f"agreement {agree:.1f}%, Cohen's kappa {fmt(kappa, 2)}")
+    return lines
 
 
 # ---- the command ------------------------------------------------------------------------------------

@@ -143,6 +143,11 @@ def test_quick_benchmark_prints_the_table_and_one_summary_line(official_checkpoi
     assert lines[-1] in md and "## Machine" in md
     assert (tmp_path / "ttft_per_turn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "results.json").read_text())["headline"]["speedup_batch"] > 0
+    # RESULTS.md and the plot can be rewritten from results.json alone, keeping a hand-written analysis
+    (tmp_path / "RESULTS.md").write_text(md.replace("(analysis to be written after the run)", "kept words"))
+    again = main(["--rewrite", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
+    assert "kept words" in (tmp_path / "RESULTS.md").read_text() and again.batch == results.batch
 
 
 def test_profile_splits_a_turn_into_stages(engine, clips):
@@ -161,3 +166,13 @@ def test_profile_splits_a_turn_into_stages(engine, clips):
     assert all(ops and ops[0]["self_ms"] >= ops[-1]["self_ms"] for ops in prof["ops"].values())
     md = "\n".join(profile_markdown(prof))
     assert "| engine turn 1 |" in md and "soundfile" in md
+
+
+def test_decode_probes_run_on_a_tiny_llm(engine):
+    from evaluations.benchmarks import probes
+
+    llm = engine.llm
+    assert probes.matmul_floor_ms(llm) >= 0
+    assert probes.decode_step_ms(llm, batch=2, context=8) > 0
+    assert probes.prefill_ms(llm, 8) > 0
+    assert probes.static_step_ms(llm, compiled=False) > 0

@@ -208,7 +208,10 @@ def test_qa_answers_are_judged_once_and_unjudged_rows_are_counted(tmp_path, monk
     assert len(R.read_jsonl(out / "judgements.jsonl")) == 3
     R.evaluate(args(manifest, out, task="qa", systems="text"), factory([]))
     assert len(R.read_jsonl(out / "judgements.jsonl")) == 3  # nothing judged twice
-    assert "judge `fake-judge`" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "judge `fake-judge`" in md
+    # fake judge vs answer match: (accept, accept), (reject, reject); the unjudged row is left out
+    assert "judge vs answer match on 2 answers: agreement 100.0%, Cohen's kappa 1.00" in md
 
 
 def test_real_engines_on_a_tiny_official_checkpoint(tmp_path, official_checkpoint):

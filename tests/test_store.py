@@ -253,3 +253,14 @@ def test_hub_push_after_restart_deletes_audio_the_repo_still_holds(tmp_path):
 
 def test_no_repo_no_scheduler(tmp_path):
     assert make_scheduler(None, tmp_path) is None
+
+
+def test_an_unjudged_judgement_does_not_hide_an_earlier_verdict():
+    from blsp_demo.store import latest_verdicts
+
+    records = [{"kind": "judgement", "turn_id": "t1", "ts": "2026-01-01T00:00:00", "verdict": "accept"},
+               {"kind": "judgement", "turn_id": "t1", "ts": "2026-01-02T00:00:00", "verdict": "unjudged"},
+               {"kind": "label", "turn_id": "t2", "ts": "2026-01-01T00:00:00", "verdict": "reject"},
+               {"kind": "label", "turn_id": "t2", "ts": "2026-01-02T00:00:00", "verdict": "unset"}]
+    assert latest_verdicts(records, "judgement")["t1"]["verdict"] == "accept"
+    assert "t2" not in latest_verdicts(records, "label")  # a retracted label is gone

@@ -227,7 +227,7 @@ def plot_losses(log: list[dict], path: Path) -> None:
     for key in ("loss", "ce", "kd"):
         vals = [r.get(key) for r in log]
         if any(v is not None for v in vals):
-            k = max(1, len(vals) // 50)
+            k = max(1, len(vals) // 15)  # a running mean over ~7% of the run
             smooth = [sum(v for v in vals[max(0, i - k): i + 1]) / len(vals[max(0, i - k): i + 1]) for i in range(len(vals))]
             ax.plot(steps, smooth, label=f"train {key}")
     dev = [(r["step"], r["dev_ce"]) for r in log if r.get("dev_ce") is not None]

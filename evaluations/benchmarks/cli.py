@@ -4,6 +4,7 @@ summary line; the full run also writes RESULTS.md, results.json and the TTFT plo
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
@@ -13,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from blsp_demo.devices import set_threads
+from blsp_demo.devices import Placement, set_threads
 
 from . import machine
 from .official import OfficialPath
 from .profiling import profile_turns
-from .report import Results, final_line, text_table, write_results
+from .report import Results, batch_lines, final_line, from_json, text_table, write_results
 from .speech import QUESTION_SECONDS, chat_script, five_second_clip, question_clips
-from .stages import FULL, QUICK, Limit, Settings, describe_limit, log, measure_bandwidth, run_batch, run_chat, \
-    run_question, warm_up
+from .stages import FULL, QUICK, BatchResult, Limit, Settings, describe_limit, log, measure_bandwidth, run_batch, \
+    run_chat, run_question, warm_up
 from .subjects import engine_for, load_subject
 
 HERE = Path(__file__).resolve().parent
@@ -30,22 +31,28 @@ QUESTION = "Could you tell me what the capital of France is, and why it matters?
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluations.benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="one repetition, short replies, 6 questions (a few minutes)")
+    p.add_argument("--quick", action="store_true", help="one repetition, short replies, 4 questions (a minute or two)")
     p.add_argument("--model", default="micro-blsp", help="micro-blsp (default), paper-shape, or a BLSP folder / Hub id")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best there is)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: $BLSP_THREADS or all cores)")
     p.add_argument("--reps", type=int, default=None, help="repetitions of the conversation")
     p.add_argument("--batch-n", type=int, default=None, help="spoken questions in the batch stage")
+    p.add_argument("--batch-size", type=int, default=None, help="the engine's batch size in the batch stage")
+    p.add_argument("--batch-only", action="store_true",
+                   help="only the batch stage (prints its lines and speedup_batch=X; writes nothing)")
     p.add_argument("--out", type=Path, default=None,
                    help="write RESULTS.md, results.json and the plot here (full run default: evaluations/benchmarks)")
     p.add_argument("--no-profile", action="store_true", help="skip the profile (full run)")
+    p.add_argument("--rewrite", action="store_true",
+                   help="run nothing: rewrite RESULTS.md and the plot in --out from its results.json")
     return p.parse_args(argv)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     s = QUICK if args.quick else FULL
-    changes = {k: v for k, v in {"reps": args.reps, "batch_n": args.batch_n}.items() if v is not None}
+    given = {"reps": args.reps, "batch_n": args.batch_n, "batch_size": args.batch_size}
+    changes = {k: v for k, v in given.items() if v is not None}
     if args.no_profile:
         changes["profile"] = False
     return replace(s, **changes)
@@ -89,19 +96,43 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
                    memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile)
 
 
-def machine_place(engine):
-    from blsp_demo.devices import Placement
+def run_batch_only(engine, s: Settings, work: Path) -> BatchResult:
+    official = OfficialPath.from_engine(engine)
+    log(f"making speech with espeak-ng in {work}")
+    clips = [path for path, _ in question_clips(work / "questions", s.batch_n)]
+    warm_up({"engine": engine}, official, clips[0])
+    return run_batch(engine, official, clips, s)
 
+
+def machine_place(engine) -> Placement:
     return Placement(engine.device, next(engine.model.parameters()).dtype)
 
 
-def main(argv: list[str] | None = None) -> Results:
+def rewrite(folder: Path) -> Results:
+    """RESULTS.md and the plot again from results.json (after editing the analysis or the report code)."""
+    data = json.loads((folder / "results.json").read_text())
+    results = from_json(data)
+    write_results(results, folder, data.get("command", "python -m evaluations.benchmarks"))
+    return results
+
+
+def main(argv: list[str] | None = None) -> Results | BatchResult:
     args = parse_args(argv)
+    if args.rewrite:
+        results = rewrite(args.out or HERE)
+        print(text_table(results))
+        print(final_line(results))
+        return results
     threads = set_threads(args.threads)
     s = settings_from(args)
     log(f"loading {args.model} ({threads} thread(s))")
     engine, model = load_subject(args.model, args.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="blsp-bench-") as tmp:
+        if args.batch_only:
+            batch = run_batch_only(engine, s, Path(tmp))
+            print("\n".join([f"model {model} - {engine.device} - {threads} thread(s)", *batch_lines(batch)]))
+            print(f"speedup_batch={batch.engine_per_s / batch.official_per_s:.2f}")
+            return batch
         results = run_benchmark(engine, model, s, Path(tmp), threads)
     if engine.device.type == "cpu" and not torch.cuda.is_available():
         results.notes.append("no GPU on this machine: CPU only (the code takes --device cuda unchanged)")

@@ -135,7 +135,8 @@ def profile_turns(engine, official: OfficialPath, script: list[UserTurn], s: Set
                 conv = conv.add_reply(engine.respond(conv, opts).text)
                 continue
             official.remember(conv, mels, upto=-1)
-            runs = {"engine": lambda: engine.respond(conv, opts), "official": lambda: official.respond(conv, opts, mels)}
+            runs = {"engine": lambda: engine.respond(conv, opts),
+                    "official": lambda: official.respond(conv, opts, mels)}
             outs = {}
             for name, fn in runs.items():
                 if pass_ == "stages":

@@ -45,7 +45,8 @@ def ratio(a: float, b: float) -> float:
 
 
 def chat_speedup(r: Results, turn: int) -> float:
-    return ratio(med(pick(r.samples, "chat", "official", turn), "ttft_s"), med(pick(r.samples, "chat", "engine", turn), "ttft_s"))
+    official, engine = pick(r.samples, "chat", "official", turn), pick(r.samples, "chat", "engine", turn)
+    return ratio(med(official, "ttft_s"), med(engine, "ttft_s"))
 
 
 def decode_vs_bound(r: Results, system: str = "engine", clock: str = "cpu") -> float:
@@ -73,12 +74,15 @@ def question_rows(r: Results) -> list[list[str]]:
     for system in sorted({x.system for x in r.samples if x.stage == "question"}, key=SYSTEM_ORDER.index):
         xs = pick(r.samples, "question", system)
         rows.append([system, f"{med(xs, 'ttft_s') * 1e3:.0f}", f"{min(x.ttft_s for x in xs) * 1e3:.0f}",
-                     f"{med(xs, 'tokens_per_s'):.1f}", f"{med(xs, 'tokens_per_cpu_s'):.1f}", f"{med(xs, 'prompt_tokens'):.0f}",
+                     f"{med(xs, 'tokens_per_s'):.1f}", f"{med(xs, 'tokens_per_cpu_s'):.1f}",
+                     f"{med(xs, 'prompt_tokens'):.0f}",
                      f"{ratio(base, med(xs, 'ttft_s')):.2f}x"])
     return rows
 
 
 SYSTEM_ORDER = ["engine", "engine-full", "official"]
+QUESTION_HEADER = ["system", "TTFT ms", "best ms", "decode tok/s", "per CPU s", "prompt", "TTFT speedup"]
+CHAT_HEADER = ["turn", "kind", "engine ms", "prefill", "prompt", "official ms", "prompt", "speedup"]
 
 
 def chat_rows(r: Results) -> list[list[str]]:
@@ -99,19 +103,23 @@ def format_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, rows)]
 
 
+def batch_lines(b: BatchResult) -> list[str]:
+    return [f"Batch: {b.n} spoken questions, {b.new_tokens} new tokens each",
+            f"  engine, batches of {b.batch_size}: {b.engine_s:.1f} s = {b.engine_per_s:.2f} utterances/s",
+            f"  official, one at a time:  {b.official_s:.1f} s = {b.official_per_s:.2f} utterances/s",
+            f"  speedup {ratio(b.engine_per_s, b.official_per_s):.2f}x"]
+
+
 def text_table(r: Results) -> str:
-    s, b, lim = r.settings, r.batch, r.limit
+    s = r.settings
     out = [f"BLSP benchmarks ({s.name}) - model {r.model} - {r.machine.get('device')} - "
            f"{r.machine.get('torch_threads')} thread(s)", "",
            f"5 s spoken question ({s.question_reps} reps, {s.question_tokens} new tokens, greedy, forced length)"]
-    out += format_table(["system", "TTFT ms", "best ms", "decode tok/s", "per CPU s", "prompt", "TTFT speedup"], question_rows(r))
-    out += ["", f"Conversation, speech on odd turns, text on even ({s.reps} reps, {s.chat_tokens} new tokens a turn; medians)"]
-    out += format_table(["turn", "kind", "engine ms", "prefill", "prompt", "official ms", "prompt", "speedup"], chat_rows(r))
-    out += ["", f"Batch: {b.n} spoken questions, {b.new_tokens} new tokens each",
-            f"  engine, batches of {b.batch_size}: {b.engine_s:.1f} s = {b.engine_per_s:.2f} utterances/s",
-            f"  official, one at a time:  {b.official_s:.1f} s = {b.official_per_s:.2f} utterances/s",
-            f"  speedup {ratio(b.engine_per_s, b.official_per_s):.2f}x", ""]
-    out += limit_lines(r)
+    out += format_table(QUESTION_HEADER, question_rows(r))
+    out += ["", f"Conversation, speech on odd turns, text on even ({s.reps} reps, {s.chat_tokens} new tokens a turn; "
+                "medians)"]
+    out += format_table(CHAT_HEADER, chat_rows(r))
+    out += ["", *batch_lines(r.batch), "", *limit_lines(r)]
     return "\n".join(out)
 
 
@@ -157,8 +165,9 @@ def plot_ttft(r: Results, path: Path) -> Path:
     ax.set_xticks(turns)
     ax.set_xlabel("turn (shaded: spoken 5 s question; white: text)")
     ax.set_ylabel("time to first token, ms (log scale)")
-    ax.set_title(f"TTFT per turn - {r.model}, {r.machine.get('device')}, {r.machine.get('torch_threads')} thread(s); "
-                 f"median, min-max of {r.settings.reps}", fontsize=9)
+    ax.set_title(f"Time to first token per turn: {r.model}\n{r.machine.get('device')}, "
+                 f"{r.machine.get('torch_threads')} thread(s); median and min-max of {r.settings.reps} conversations",
+                 fontsize=9)
     ax.grid(True, which="both", axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -177,6 +186,22 @@ def to_json(r: Results) -> dict:
     return d
 
 
+def from_json(d: dict) -> Results:
+    """`Results` back from `results.json` (to rewrite RESULTS.md and the plot without running again)."""
+    from .profiling import Stages
+
+    profile = d.get("profile")
+    if profile:
+        profile = {**profile, "stages": {k: Stages(**v) for k, v in profile["stages"].items()}}
+    settings = d["settings"] | {"official_turns": tuple(d["settings"]["official_turns"] or ()) or None}
+    limit = {k: v for k, v in d["limit"].items() if k in Limit.__dataclass_fields__}
+    limit["bandwidth_samples"] = [tuple(x) for x in limit["bandwidth_samples"]]
+    return Results(settings=Settings(**settings), model=d["model"], window=d["window"], machine=d["machine"],
+                   samples=[Sample(**x) for x in d["samples"]], batch=BatchResult(**d["batch"]),
+                   limit=Limit(**limit), memory=d["memory"], load=d["load"], wall_s=d["wall_s"],
+                   profile=profile, notes=d.get("notes", []))
+
+
 def kept_analysis(path: Path) -> str:
     """The hand-written analysis of an earlier RESULTS.md, kept when the tables are regenerated."""
     if not path.is_file():
@@ -186,9 +211,10 @@ def kept_analysis(path: Path) -> str:
 
 
 def write_results(r: Results, folder: Path, command: str) -> Path:
+    """RESULTS.md (the analysis block of an earlier one kept), results.json and the plot."""
     folder.mkdir(parents=True, exist_ok=True)
     plot_ttft(r, folder / PLOT_NAME)
-    (folder / "results.json").write_text(json.dumps(to_json(r), indent=1, default=str))
+    (folder / "results.json").write_text(json.dumps(to_json(r) | {"command": command}, indent=1, default=str))
     path = folder / "RESULTS.md"
     path.write_text(results_markdown(r, command, kept_analysis(path)))
     return path

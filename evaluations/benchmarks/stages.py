@@ -117,7 +117,8 @@ def run_question(engines: dict, official: OfficialPath, clip: str, s: Settings) 
     for rep in range(s.question_reps):
         for name, engine in engines.items():
             out.append(engine_sample("question", name, 1, rep, respond(engine, single_turn(audio=clip), opts)))
-        out.append(official_sample("question", 1, rep, official.respond(single_turn(audio=clip), opts), official.device))
+        timed = official.respond(single_turn(audio=clip), opts)
+        out.append(official_sample("question", 1, rep, timed, official.device))
         log(f"  question rep {rep + 1}/{s.question_reps}: " + ", ".join(
             f"{x.system} {x.ttft_s * 1e3:.0f} ms" for x in out[-len(engines) - 1:]))
     return out

@@ -33,7 +33,6 @@ utterances of Sense and Sensibility), as an ASR manifest `real.jsonl`.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import tarfile
