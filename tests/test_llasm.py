@@ -243,3 +243,30 @@ def test_cli_chat_answers_as_json(folders):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"response", "ttft_s", "total_s", "new_tokens"} <= set(out)
     assert out["system"] == "llasm" and 0 < out["new_tokens"] <= 5
+
+
+@pytest.mark.slow
+def test_llasm_checkpoint_chats_through_the_app(folders, clips, tmp_path):
+    """A LLaSM-layout folder as the app's model: a spoken turn and a typed turn over the public API."""
+    from conftest import free_port
+    from gradio_client import Client, handle_file
+
+    from blsp_demo.config import AppSettings
+    from blsp_demo.store import read_records
+    from blsp_demo.ui import Services, build_demo, launch_options
+
+    spec = str(folders["cllama2"])
+    services = Services.create(AppSettings(model=spec, data_dir=tmp_path / "data"))
+    demo = build_demo(services)
+    demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
+    try:
+        client = Client(demo.local_url, verbose=False)
+        history, details, status, _ = client.predict(handle_file(clips["a"]), "", api_name="/chat_audio")
+        assert history[-1]["role"] == "assistant", status
+        history, details, status, _ = client.predict("hello world", api_name="/chat_text")
+        assert history[-1]["role"] == "assistant", status
+    finally:
+        demo.close()
+    turns = [r for r in read_records(tmp_path / "data").records if r["kind"] == "turn"]
+    assert len(turns) == 2 and {t["modality"] for t in turns} == {"speech", "text"}
+    assert all(t["engine"] == "llasm" and t["model"] == spec and t["response"] for t in turns), turns
