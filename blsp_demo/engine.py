@@ -27,7 +27,7 @@ from .conversation import Conversation, Turn
 from .decoding import TextStream, make_rng, pick_next
 from .model.blsp import SPEECH_PLACEHOLDER
 from .model.encoder import log_mel
-from .prompts import Bos, Piece, PromptTemplate, Reply, Speech, Text, render
+from .prompts import Bos, Piece, PromptTemplate, Reply, Speech, render
 
 Key = tuple  # ("t", token_id) or ("s", audio_fingerprint, frame_index)
 

@@ -11,7 +11,6 @@ The `system` picks how speech reaches the LLM: `blsp`, `cascade` or `text` (LLaS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .audio import sha256_bytes as sha256_file  # any file's content hash
 from .devices import Placement, placement
 from .engine import BlspEngine, CascadeEngine, ChatEngine, TextEngine
 from .model.blsp import BlspConfig, BlspModel
@@ -42,14 +42,6 @@ REGISTRY: dict[str, RegisteredModel] = {
     "micro-cascade": RegisteredModel("cascade", None, "Whisper base ASR -> SmolLM2-135M-Instruct (Whisper+LLM)"),
     "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def detect_family(config: dict) -> str:
@@ -120,8 +112,9 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     whisper = sources.whisper_base()
     llm, tokenizer = bundled_llm(place.dtype)
     config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
-    model = BlspModel(config) if adapter_state is None else None
-    if model is None:
+    if adapter_state is None:  # a fresh adapter needs real (initialised) parameters
+        model = BlspModel(config)
+    else:  # everything comes from files: build on the meta device, then assign the tensors
         with torch.device("meta"):
             model = BlspModel(config)
     state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}

@@ -30,6 +30,22 @@ def llm_config_from_dict(d: dict) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, **d)
 
 
+def embed_with_placeholders(embedding: nn.Module, input_ids: torch.Tensor,
+                            frames: torch.Tensor | None) -> torch.Tensor:
+    """Token embeddings (B, L, d) with the `SPEECH_PLACEHOLDER` positions filled by `frames` (N, d)
+    in row-major order; a ValueError when placeholders and frames differ in number."""
+    is_speech = input_ids == SPEECH_PLACEHOLDER
+    n_slots = int(is_speech.sum())
+    n_frames = 0 if frames is None else frames.shape[0]
+    if n_slots != n_frames:
+        raise ValueError(f"{n_slots} speech placeholders but {n_frames} speech frames")
+    embeds = embedding(input_ids.masked_fill(is_speech, 0))  # (B, L, d_llm)
+    if n_slots:
+        mask = is_speech.unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, frames.to(embeds.dtype))
+    return embeds
+
+
 class BlspConfig(PretrainedConfig):
     model_type = "blsp"
 
@@ -97,17 +113,7 @@ class BlspModel(PreTrainedModel):
     # ---- LLM inputs ----------------------------------------------------------------------
     def embed_with_speech(self, input_ids: torch.Tensor, speech_frames: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with placeholder positions filled by `speech_frames` (N, d_llm) in order."""
-        is_speech = input_ids == SPEECH_PLACEHOLDER
-        n_slots = int(is_speech.sum())
-        n_frames = 0 if speech_frames is None else speech_frames.shape[0]
-        if n_slots != n_frames:
-            raise ValueError(f"{n_slots} speech placeholders but {n_frames} speech frames")
-        embed = self.llama_model.get_input_embeddings()
-        embeds = embed(input_ids.masked_fill(is_speech, 0))  # (B, L, d_llm)
-        if n_slots:
-            mask = is_speech.unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(mask, speech_frames.to(embeds.dtype))
-        return embeds
+        return embed_with_placeholders(self.llama_model.get_input_embeddings(), input_ids, speech_frames)
 
     def forward(
         self,

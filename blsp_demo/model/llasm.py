@@ -24,7 +24,7 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, LlamaModel, WhisperFeatureExtractor, WhisperModel
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
-from .blsp import SPEECH_PLACEHOLDER
+from .blsp import SPEECH_PLACEHOLDER, embed_with_placeholders
 from .encoder import log_mel
 
 AUDIO_PATCH, AUDIO_START, AUDIO_END = "<au_patch>", "<au_start>", "<au_end>"
@@ -81,16 +81,7 @@ class LlasmForCausalLM(LlamaForCausalLM):
 
     def embed_with_speech(self, input_ids: torch.Tensor, speech_frames: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings with placeholder positions filled by `speech_frames` (N, d_llm) in order."""
-        is_speech = input_ids == SPEECH_PLACEHOLDER
-        n_slots = int(is_speech.sum())
-        n_frames = 0 if speech_frames is None else speech_frames.shape[0]
-        if n_slots != n_frames:
-            raise ValueError(f"{n_slots} audio placeholders but {n_frames} projected audio frames")
-        embeds = self.get_input_embeddings()(input_ids.masked_fill(is_speech, 0))  # (B, L, d_llm)
-        if n_slots:
-            mask = is_speech.unsqueeze(-1).expand_as(embeds)
-            embeds = embeds.masked_scatter(mask, speech_frames.to(embeds.dtype))
-        return embeds
+        return embed_with_placeholders(self.get_input_embeddings(), input_ids, speech_frames)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 audio_states: torch.Tensor | None = None, labels: torch.Tensor | None = None,

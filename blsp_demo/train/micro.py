@@ -14,14 +14,14 @@ import argparse
 import json
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from ..devices import Placement, set_threads
 from .batches import Example
-from .features import cache_features, load_feature_store, read_manifest
+from .step2 import adapter_state
+from .features import load_feature_store, read_manifest
 
 
 def init_adapter(model) -> None:
@@ -38,11 +38,6 @@ def load_examples(targets: Path, keep_ids: set[str] | None = None) -> list[Examp
             for r in rows if not r.get("filtered") and (keep_ids is None or r["id"] in keep_ids)]
 
 
-def adapter_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().contiguous() for k, v in model.state_dict().items()
-            if k.split(".")[0] in ("subsampler", "adapter", "speech_ln")}
-
-
 def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Path:
     """Write the micro layout: adapter.safetensors + config.json (with its sha256) [+ README.md]."""
     from safetensors.torch import save_file
@@ -52,7 +47,7 @@ def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / cfg["components"]["adapter"]["file"]
     # fp16 on disk (17 MB instead of 35 MB); loading casts to the run's dtype.
-    save_file({k: v.half() for k, v in adapter_state(model).items()}, str(path), metadata={"format": "pt"})
+    save_file({k: v.half().contiguous() for k, v in adapter_state(model).items()}, str(path), metadata={"format": "pt"})
     cfg = json.loads(json.dumps(cfg))
     cfg["components"]["adapter"]["sha256"] = sha256_file(path)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
@@ -157,8 +152,6 @@ def stage_step2(args, work: Path) -> None:
 
 
 def stage_export(args, work: Path) -> None:
-    from ..loading import micro_config
-
     blob = torch.load(work / "step2" / "last.pt", weights_only=False)
     model, _, cfg = _micro_model(blob["adapter"])
     folder = export_micro(model, cfg, Path(args.export))

@@ -11,7 +11,6 @@ Runs on one CPU or on many GPUs unchanged: `accelerate launch -m blsp_demo.train
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -63,8 +62,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln")  # the only trained part of a BLSP model
+
+
 def adapter_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for m in (model.subsampler, model.adapter, model.speech_ln) for p in m.parameters()]
+    return [p for name in ADAPTER_MODULES for p in getattr(model, name).parameters()]
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """The adapter's entries of the model's state dict (what checkpoints and exports hold)."""
+    return {k: v.detach() for k, v in model.state_dict().items() if k.split(".")[0] in ADAPTER_MODULES}
 
 
 def freeze_all_but_adapter(model) -> None:
@@ -138,8 +145,7 @@ class Step2Trainer:
         if not self.acc.is_main_process:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        blob = {"adapter": {k: v for k, v in self.core.state_dict().items()
-                            if k.split(".")[0] in ("subsampler", "adapter", "speech_ln")},
+        blob = {"adapter": adapter_state(self.core),
                 "optimizer": self.opt.state_dict(), "state": asdict(self.state), "config": asdict(self.cfg),
                 "rng": torch.get_rng_state()}
         tmp = self.out / "last.pt.tmp"

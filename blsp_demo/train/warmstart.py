@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from ..model.adapter import lengths_to_mask
 from .batches import Example, length_buckets
-from .step2 import adapter_parameters, freeze_all_but_adapter
+from .step2 import adapter_parameters, adapter_state, freeze_all_but_adapter
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def restricted_vocab(tokenizer, examples: list[Example]) -> list[int]:
     return sorted({t for e in examples for t in transcript_ids(tokenizer, e.transcript)})
 
 
-def ctc_losses(model, head: CtcHead, embed: torch.Tensor, vocab_index: dict[int, int], tokenizer,
+def ctc_losses(model, head: CtcHead, vocab_embed: torch.Tensor, vocab_index: dict[int, int], tokenizer,
                batch: list[Example], features: dict[str, torch.Tensor], cfg: CtcConfig) -> dict[str, torch.Tensor]:
     states = [features[e.id].float() for e in batch]
     lengths = torch.tensor([s.shape[0] for s in states])
@@ -73,8 +73,8 @@ def ctc_losses(model, head: CtcHead, embed: torch.Tensor, vocab_index: dict[int,
     best = logits.argmax(-1)
     tokened = mask & (best > 0)
     if tokened.any():
-        want = embed[torch.tensor(sorted(vocab_index, key=vocab_index.get))][best[tokened] - 1]  # (N, d)
-        closeness = F.mse_loss(frames[tokened], want) / embed.pow(2).mean()
+        want = vocab_embed[best[tokened] - 1]  # (N, d)
+        closeness = F.mse_loss(frames[tokened], want) / vocab_embed.pow(2).mean()
     else:
         closeness = frames.sum() * 0
     return {"ctc": ctc, "embed": closeness, "loss": ctc + cfg.embed_weight * closeness,
@@ -88,7 +88,8 @@ def train_ctc(model, tokenizer, examples: list[Example], features: dict[str, tor
     embed = model.llama_model.get_input_embeddings().weight.detach().float()
     vocab = restricted_vocab(tokenizer, examples)
     vocab_index = {t: i for i, t in enumerate(vocab)}
-    head = CtcHead(embed[torch.tensor(vocab)])
+    vocab_embed = embed[torch.tensor(vocab)]  # (V, d): row i is the token of CTC class i + 1
+    head = CtcHead(vocab_embed)
     params = adapter_parameters(model) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     step, epoch, pos, log = 0, 0, 0, []
@@ -112,7 +113,7 @@ def train_ctc(model, tokenizer, examples: list[Example], features: dict[str, tor
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.1 + 0.9 * (1 - step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr
-        parts = ctc_losses(model, head, embed, vocab_index, tokenizer, batch, features, cfg)
+        parts = ctc_losses(model, head, vocab_embed, vocab_index, tokenizer, batch, features, cfg)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -122,8 +123,7 @@ def train_ctc(model, tokenizer, examples: list[Example], features: dict[str, tor
         bar.set_postfix(ctc=f"{float(parts['ctc']):.3f}", embed=f"{float(parts['embed']):.3f}")
         bar.update(1)
         if time.monotonic() - last_save > cfg.checkpoint_every_s or step == cfg.steps:
-            blob = {"adapter": {k: v for k, v in model.state_dict().items()
-                                if k.split(".")[0] in ("subsampler", "adapter", "speech_ln")},
+            blob = {"adapter": adapter_state(model),
                     "head": head.state_dict(), "optimizer": opt.state_dict(), "step": step, "epoch": epoch,
                     "pos": pos, "log": log, "config": asdict(cfg), "vocab": vocab}
             torch.save(blob, out / "last.pt.tmp")
