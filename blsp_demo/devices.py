@@ -47,3 +47,22 @@ def set_threads(n: int | None = None) -> int:
     n = n or int(os.environ.get("BLSP_THREADS", "0") or 0) or (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are fast here: CUDA with bf16, or a CPU with AVX512-BF16 / AMX (about
+    2x faster than fp32 for the adapter's convolutions on this project's 2-core machine)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast where it is fast (see `fast_bf16`), else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and fast_bf16(device))

@@ -130,6 +130,10 @@ class ChatEngine:
         """Speech turns to replace by text (cascade: ASR, text: transcripts). BLSP: none."""
         return {}
 
+    def prepare_batch(self, rows: list[tuple[Conversation, "ChatCache"]]) -> None:
+        """Work that is cheaper for many conversations at once (cascade: batched ASR), done before
+        each row is planned. A failure here is never fatal: the row's own planning reports it."""
+
     def speech_frames(self, turn: Turn, cache: ChatCache) -> tuple[str, torch.Tensor]:
         raise ValueError(f"the {self.name} engine cannot take speech embeddings")
 
@@ -315,9 +319,12 @@ class ChatEngine:
         for start in range(0, len(convs), batch_size):
             t0 = time.perf_counter()
             idx, plans = [], []
-            for i in range(start, min(start + batch_size, len(convs))):
+            rows = list(range(start, min(start + batch_size, len(convs))))
+            scratches = {i: ChatCache() for i in rows}
+            self.prepare_batch([(convs[i], scratches[i]) for i in rows])
+            for i in rows:
                 try:
-                    scratch = ChatCache()
+                    scratch = scratches[i]
                     _, plan, _ = self.fit_context(convs[i], scratch, options.max_new_tokens)
                     idx.append((i, scratch))
                     plans.append(plan)
@@ -377,8 +384,34 @@ class CascadeEngine(ChatEngine):
     name = "cascade"
 
     def __init__(self, llm, tokenizer, template, asr, **kw):
-        self.asr = asr  # callable: 16 kHz float32 samples -> text
+        self.asr = asr  # callable: 16 kHz float32 samples -> text; optional `asr.batch(list) -> list`
         super().__init__(llm, tokenizer, template, **kw)
+
+    def prepare_batch(self, rows):
+        """One batched ASR call for every untranscribed speech turn of the rows (when the ASR can)."""
+        batch = getattr(self.asr, "batch", None)
+        if batch is None:
+            return
+        todo: dict[str, tuple[object, list]] = {}  # audio key -> (samples, caches wanting it)
+        for conv, cache in rows:
+            for turn in conv.turns:
+                if turn.role != "user" or turn.audio is None:
+                    continue
+                try:
+                    key = audio_key(turn.audio)
+                    if key in cache.transcripts:
+                        continue
+                    if key not in todo:
+                        todo[key] = (load_audio(turn.audio, self.audio_limits), [])
+                    todo[key][1].append(cache)
+                except Exception:  # noqa: BLE001 - bad audio: the row's own planning reports it
+                    continue
+        if not todo:
+            return
+        texts = batch([samples for samples, _ in todo.values()])
+        for (key, (_, caches)), text in zip(todo.items(), texts):
+            for cache in caches:
+                cache.transcripts[key] = text.strip()
 
     def speech_texts(self, conv, cache):
         texts = {}

@@ -26,7 +26,7 @@ from .prompts import get_template
 from . import sources
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SYSTEMS = ("blsp", "cascade", "text")
+SYSTEMS = ("blsp", "cascade", "text", "ctc")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ REGISTRY: dict[str, RegisteredModel] = {
                                   "Whisper base encoder + trained adapter + SmolLM2-135M-Instruct (BLSP)"),
     "micro-cascade": RegisteredModel("cascade", None, "Whisper base ASR -> SmolLM2-135M-Instruct (Whisper+LLM)"),
     "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
+    "micro-ctc": RegisteredModel("ctc", PACKAGE_DIR / "weights" / "micro-blsp",
+                                 "micro-blsp's CTC head transcribes -> SmolLM2-135M-Instruct (CTC+LLM)"),
 }
 
 
@@ -59,18 +61,72 @@ def bundled_llm(dtype: torch.dtype = torch.float32):
     return sources.load_gguf_causal_lm(folder, name, dtype=dtype), sources.load_gguf_tokenizer(folder, name)
 
 
-def whisper_asr(device: torch.device, language: str | None = None):
-    """Bundled Whisper base as a callable: 16 kHz samples -> transcript (greedy, temperature 0)."""
+@dataclass
+class WhisperAsr:
+    """Bundled Whisper base as a callable: 16 kHz samples -> transcript (greedy, temperature 0).
+    Clips up to 30 s take one decoding pass without timestamps, alone or many at once (`batch`:
+    the same text either way); longer ones go through `transcribe`, window by window."""
+
+    model: object
+    language: str | None
+    device: torch.device
+
+    def _options(self):
+        import whisper
+
+        return whisper.DecodingOptions(language=self.language, temperature=0.0, without_timestamps=True,
+                                       fp16=self.device.type == "cuda")
+
+    def __call__(self, samples) -> str:
+        return self.batch([samples])[0]
+
+    def batch(self, clips: list, size: int = 16) -> list[str]:
+        import whisper
+
+        out: list[str | None] = [None] * len(clips)
+        short = [i for i, s in enumerate(clips) if len(s) <= whisper.audio.N_SAMPLES]
+        with torch.inference_mode():
+            for i in (i for i in range(len(clips)) if i not in set(short)):
+                out[i] = self.model.transcribe(clips[i], language=self.language, temperature=0.0,
+                                               fp16=self.device.type == "cuda",
+                                               condition_on_previous_text=False)["text"].strip()
+            for start in range(0, len(short), size):
+                part = short[start: start + size]
+                mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(clips[i]).float()),
+                                                                self.model.dims.n_mels) for i in part])  # (b, 80, 3000)
+                results = whisper.decode(self.model, mels.to(self.device), self._options())
+                for i, r in zip(part, results):
+                    out[i] = r.text.strip()
+        return [t or "" for t in out]
+
+
+def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr:
+    """The bundled Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
     import whisper
 
     model = whisper.load_model(str(sources.whisper_base().openai_checkpoint_path), device=device)
-    lang = language or os.environ.get("BLSP_ASR_LANGUAGE", "en")
+    return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device)
+
+
+def ctc_asr(blsp: BlspModel, extractor, tokenizer):
+    """A BLSP model's CTC head as a callable ASR (the paper's CTC+LLM baseline): 16 kHz samples ->
+    the greedy CTC transcript over the LLM's own tokens."""
+    from .model.ctc import greedy_classes
+    from .model.encoder import encode_features, log_mel
+
+    if getattr(blsp, "ctc", None) is None:
+        raise ValueError("this BLSP model has no CTC head (speech_compression is not 'ctc')")
+    weight = next(blsp.subsampler.parameters())
 
     def transcribe(samples) -> str:
         with torch.inference_mode():
-            out = model.transcribe(samples, language=lang or None, temperature=0.0,
-                                   fp16=device.type == "cuda", condition_on_previous_text=False)
-        return out["text"].strip()
+            window = blsp.config.encoder_window
+            features, frames = log_mel(extractor, samples[: 30 * 16000], window)
+            states, lengths = encode_features(blsp.whisper_model, features.to(weight.device, weight.dtype),
+                                              frames.to(weight.device), window)
+            x, n = blsp.adapt(states, lengths, compress=False)  # (1, S, d)
+            best = blsp.ctc.logits(x[:, : int(n[0])], blsp.llama_model.get_input_embeddings().weight).argmax(-1)[0]
+        return tokenizer.decode([blsp.ctc.token_id(c) for c in greedy_classes(best)]).strip()
 
     return transcribe
 
@@ -89,7 +145,7 @@ def template_for_tokenizer(tokenizer) -> str:
 MICRO_ADAPTER_FILE = "adapter.safetensors"
 
 
-def micro_config(adapter_inner_dim: int = 512) -> dict:
+def micro_config(adapter_inner_dim: int = 512, ctc_vocab_size: int = 0) -> dict:
     """The micro layout's config.json (without the adapter digest): bundled encoder and LLM."""
     from transformers import WhisperConfig
 
@@ -99,7 +155,8 @@ def micro_config(adapter_inner_dim: int = 512) -> dict:
     return {
         "whisper_config": WhisperConfig.from_pretrained(whisper.hf_dir).to_dict(), "llama_config": llm_cfg,
         "conv_kernel_sizes": "5,5,5", "adapter_inner_dim": adapter_inner_dim, "prompt_template": "chatml",
-        "encoder_window": "trimmed",
+        "encoder_window": "trimmed", "speech_compression": "ctc",
+        "ctc_vocab_size": ctc_vocab_size,
         "components": {"whisper": "bundled:whisper-base", "llm": "bundled:smollm2-135m-instruct",
                        "adapter": {"file": MICRO_ADAPTER_FILE, "sha256": None}},
     }
@@ -112,16 +169,14 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     whisper = sources.whisper_base()
     llm, tokenizer = bundled_llm(place.dtype)
     config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
-    if adapter_state is None:  # a fresh adapter needs real (initialised) parameters
-        model = BlspModel(config)
-    else:  # everything comes from files: build on the meta device, then assign the tensors
-        with torch.device("meta"):
-            model = BlspModel(config)
+    # Built for real, not on the meta device: non-persistent buffers (rotary frequencies) are
+    # computed in __init__ and are in no file.
+    model = BlspModel(config)
     state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
     state.update({f"whisper_model.{k}": v for k, v in _whisper_encoder_state(whisper.hf_dir).items()})
     if adapter_state is not None:
         state.update(adapter_state)
-    model.load_state_dict(state, strict=adapter_state is not None, assign=adapter_state is not None)
+    model.load_state_dict(state, strict=adapter_state is not None)
     model.llama_model.tie_weights()
     extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
     return model.to(place.device, place.dtype), tokenizer, extractor
@@ -245,6 +300,8 @@ def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm
         return CascadeEngine(llm, tokenizer, tpl, whisper_asr(place.device), **common)
     if system == "text":
         return TextEngine(llm, tokenizer, tpl, **common)
+    if system == "ctc":
+        return CascadeEngine(llm, tokenizer, tpl, ctc_asr(blsp, extractor, tokenizer), **common)
     raise ValueError(f"unknown system {system!r}; choose from {SYSTEMS}")
 
 
@@ -257,7 +314,7 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
         system = system or entry.system
         if entry.folder is not None:
             model, tok, fx, mid = load_micro_blsp(entry.folder, place)
-            return build_engine(spec if system == "blsp" else f"{spec}:{system}", system, place, blsp=model,
+            return build_engine(spec if system == entry.system else f"{spec}:{system}", system, place, blsp=model,
                                 tokenizer=tok, extractor=fx, template=model.config.prompt_template,
                                 revision=mid, **kw)
         llm, tok = bundled_llm(place.dtype)

@@ -4,7 +4,7 @@
         --model SPEC --out DIR [--batch-size 8] [--limit N] [--judge auto|openai|local|none]
 
 For each system the engine is `load_engine(SPEC, system)`; a registered micro name maps to its
-sibling (`--model micro-blsp`: micro-blsp, micro-cascade, micro-text). Rows go through
+sibling (`--model micro-blsp`: micro-blsp, micro-cascade, micro-text, micro-ctc). Rows go through
 `respond_batch` in fixed batches (greedy decoding); each finished batch is appended to
 `DIR/predictions.jsonl` at once, so an interrupted run resumes where it stopped and a rerun skips
 rows already there (`--retry-errors` redoes failed ones). A row that fails (missing file, bad
@@ -37,9 +37,9 @@ from blsp_demo.metrics import METRICS, bootstrap_interval, item_stats, score_fro
 
 from .tasks import GROUPS, TASKS, Task, task_of
 
-SYSTEMS = ("text", "cascade", "blsp")  # table order: upper bound, cascade baseline, the model
-SYSTEM_NAMES = {"text": "Text+LLM", "cascade": "Whisper+LLM", "blsp": "BLSP"}
-MICRO = {"micro-blsp", "micro-cascade", "micro-text"}
+SYSTEMS = ("text", "cascade", "ctc", "blsp")  # table order: upper bound, the cascade baselines, the model
+SYSTEM_NAMES = {"text": "Text+LLM", "cascade": "Whisper+LLM", "ctc": "CTC+LLM", "blsp": "BLSP"}
+MICRO = {"micro-blsp", "micro-cascade", "micro-text", "micro-ctc"}
 PREDICTIONS, JUDGEMENTS, ERRORS = "predictions.jsonl", "judgements.jsonl", "errors.json"
 
 

@@ -104,3 +104,18 @@ def test_record_without_an_input_device_says_so(monkeypatch):
     with pytest.raises(recording.RecordingError, match="No audio input device"):
         recording.record_to_wav(seconds=1)
     assert "No audio input device" in recording.list_input_devices()
+
+
+@pytest.mark.slow
+def test_whisper_batch_transcribes_like_one_at_a_time(tts_question):
+    import torch
+
+    from blsp_demo.audio import load_audio
+    from blsp_demo.loading import whisper_asr
+
+    asr = whisper_asr(torch.device("cpu"))
+    q = load_audio(str(tts_question))
+    clips = [q, q[: len(q) // 2], q]
+    single = [asr(c) for c in clips]
+    assert asr.batch(clips) == single
+    assert "capital" in single[0].lower() and "france" in single[0].lower()

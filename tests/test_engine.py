@@ -153,6 +153,42 @@ def test_batch_equals_one_at_a_time(parts, clips):
             assert got.text == engine.respond(conv, GREEDY).text
 
 
+class RecordingAsr:
+    """An ASR with a batch entry point that records its calls (the real Whisper batch is a slow test)."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def _text(self, samples) -> str:
+        return f"heard {len(samples)} samples"
+
+    def __call__(self, samples) -> str:
+        self.calls.append(1)
+        return self._text(samples)
+
+    def batch(self, clips) -> list[str]:
+        self.calls.append(len(clips))
+        return [self._text(c) for c in clips]
+
+
+def test_cascade_batch_transcribes_every_clip_once_in_one_call(parts, clips):
+    from blsp_demo.engine import CascadeEngine
+
+    model, tok, _ = parts
+    asr = RecordingAsr()
+    engine = CascadeEngine(model.llama_model, tok, get_template("blsp"), asr, model_id="tiny-cascade")
+    convs = [Conversation().add_speech(clips["a"]), Conversation().add_speech(clips["b"]),
+             Conversation().add_speech(clips["a"]), Conversation().add_text("hello"),
+             Conversation().add_speech("/no/such/file.wav")]
+    errors = {}
+    batch = engine.respond_batch(convs, GREEDY, batch_size=5, on_error=lambda i, e: errors.setdefault(i, e))
+    assert asr.calls == [2]  # two distinct clips, one batched call; the missing file is reported per row
+    assert batch[0].transcript == "heard 24000 samples" and batch[1].transcript == "heard 32000 samples"
+    assert batch[4] is None and 4 in errors
+    for conv, got in zip(convs[:4], batch[:4]):
+        assert got.text == engine.respond(conv, GREEDY).text  # same answers as one at a time
+
+
 def test_beams_and_sampling_options(parts, clips):
     engine = make_engine(parts)
     conv = Conversation().add_text("hello world")

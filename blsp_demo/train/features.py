@@ -52,30 +52,31 @@ def encode_clip(encoder, extractor, audio_path: str, window: str) -> torch.Tenso
 
 
 def cache_features(rows: list[dict], out: Path, *, window: str = "trimmed", shard_size: int = 500,
-                   encoder=None, extractor=None) -> int:
-    """Encode every row's audio into fp16 shards under `out`; existing shards are kept (resume)."""
+                   encoder=None, extractor=None, prefix: str = "shard") -> int:
+    """Encode every row's audio into fp16 shards `out/PREFIX-00000.pt` ...; existing shards are
+    kept (resume). A different `prefix` adds clips to a store without touching its shards."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "meta.json").write_text(json.dumps({"window": window, "clips": len(rows)}))
+    (out / f"meta-{prefix}.json").write_text(json.dumps({"window": window, "clips": len(rows)}))
     if encoder is None:
         encoder, extractor = load_bundled_encoder()
     shards = [rows[i: i + shard_size] for i in range(0, len(rows), shard_size)]
-    todo = [(k, s) for k, s in enumerate(shards) if not (out / f"shard-{k:05d}.pt").is_file()]
+    todo = [(k, s) for k, s in enumerate(shards) if not (out / f"{prefix}-{k:05d}.pt").is_file()]
     bar = tqdm(total=sum(len(s) for _, s in todo), desc=f"encoder ({window})", unit="clip")
     for k, shard in todo:
         states = {}
         for row in shard:
             states[row["id"]] = encode_clip(encoder, extractor, row["audio"], window).half().clone()
             bar.update(1)
-        tmp = out / f".shard-{k:05d}.pt.tmp"
+        tmp = out / f".{prefix}-{k:05d}.pt.tmp"
         torch.save(states, tmp)
-        os.replace(tmp, out / f"shard-{k:05d}.pt")  # a killed run never leaves a half shard
+        os.replace(tmp, out / f"{prefix}-{k:05d}.pt")  # a killed run never leaves a half shard
     bar.close()
     return len(rows)
 
 
 def load_feature_store(out: Path) -> dict[str, torch.Tensor]:
     store: dict[str, torch.Tensor] = {}
-    for shard in sorted(Path(out).glob("shard-*.pt")):
+    for shard in sorted(Path(out).glob("*-[0-9][0-9][0-9][0-9][0-9].pt")):
         store.update(torch.load(shard))
     return store
 
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--window", default="trimmed", choices=["trimmed", "full"])
     p.add_argument("--shard-size", type=int, default=500)
     p.add_argument("--limit", type=int, default=None, help="only the first N rows of each manifest")
+    p.add_argument("--skip", type=int, default=0, help="leave out the first N rows of each manifest")
+    p.add_argument("--prefix", default="shard", help="shard file prefix (a new one adds clips to a store)")
     args = p.parse_args(argv)
     from ..devices import set_threads
 
     set_threads()
-    rows = [r for m in args.manifest for r in read_manifest(Path(m))[: args.limit]]
-    n = cache_features(rows, Path(args.out), window=args.window, shard_size=args.shard_size)
+    rows = [r for m in args.manifest for r in read_manifest(Path(m))[args.skip: args.limit]]
+    n = cache_features(rows, Path(args.out), window=args.window, shard_size=args.shard_size, prefix=args.prefix)
     print(f"cached {n} clips in {args.out}")
 
 

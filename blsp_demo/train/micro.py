@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--ctc-weight", type=float, default=0.2, help="step 2: weight of the CTC terms that keep frame selection right")
     p.add_argument("--export", default=None, help="folder to export the adapter to (e.g. blsp_demo/weights/micro-blsp)")
     p.add_argument("--tiny", action="store_true", help="toy sizes, for tests")
     args = p.parse_args(argv)
@@ -89,28 +90,44 @@ def run_all(args, work: Path) -> None:
         run_stage(["blsp_demo.train.corpus", "--out", str(corpus), "--num", str(args.clips), "--dev-num",
                    "200" if not args.tiny else "4", "--test-num", "300" if not args.tiny else "4", "--max-words", "25",
                    *(["--source", "builtin"] if args.tiny else [])])
-    manifests = [str(corpus / f"{s}.jsonl") for s in ("train", "dev", "test")]
-    run_stage(["blsp_demo.train.features", "--manifest", *manifests, "--out", str(work / "features"),
-               "--limit", str(args.train_clips)])
+    for split in ("train", "dev", "test"):  # one shard prefix per split: more train clips later just add shards
+        run_stage(["blsp_demo.train.features", "--manifest", str(corpus / f"{split}.jsonl"), "--out",
+                   str(work / "features"), "--prefix", split,
+                   *(["--limit", str(args.train_clips)] if split == "train" else [])])
     run_stage(["blsp_demo.train.step1", "--manifest", str(corpus / "train.jsonl"), "--out",
                str(work / "targets.jsonl"), "--limit", str(args.generate)])
     tiny = ["--tiny"] if args.tiny else []
     run_stage(["blsp_demo.train.micro", "warmstart", "--work", str(work), "--ctc-steps", str(args.ctc_steps), *tiny])
     run_stage(["blsp_demo.train.micro", "step2", "--work", str(work), "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--kd-weight", str(args.kd_weight), "--lr", str(args.lr), *tiny])
+               "--batch-size", str(args.batch_size), "--kd-weight", str(args.kd_weight), "--lr", str(args.lr),
+               "--ctc-weight", str(args.ctc_weight), *tiny])
     if args.export:
         run_stage(["blsp_demo.train.micro", "export", "--work", str(work), "--export", args.export])
 
 
-def _micro_model(adapter: dict | None = None):
+def _micro_model(adapter: dict | None = None, vocab: list[int] | None = None):
+    """The micro model; `vocab`: the CTC head's token ids (their count fixes the config)."""
     from ..loading import assemble_micro, micro_config
 
-    cfg = micro_config()
+    cfg = micro_config(ctc_vocab_size=len(vocab or []))
     model, tok, fx = assemble_micro(cfg, Placement(torch.device("cpu"), torch.float32))
     init_adapter(model)
+    if vocab:
+        model.ctc.set_vocab(vocab)
     if adapter is not None:
         model.load_state_dict(adapter, strict=False)
     return model, tok, cfg
+
+
+def _vocab(work: Path, tokenizer=None) -> list[int]:
+    """The CTC head's classes: every token of the train transcripts (made once, then read)."""
+    from .warmstart import ctc_vocab
+
+    path = work / "ctc_vocab.json"
+    if not path.is_file():
+        texts = [r["transcript"] for r in read_manifest(work / "corpus" / "train.jsonl")]
+        path.write_text(json.dumps(ctc_vocab(tokenizer, texts)))
+    return json.loads(path.read_text())
 
 
 def _train_examples(work: Path) -> tuple[list[Example], dict]:
@@ -127,7 +144,10 @@ def _train_examples(work: Path) -> tuple[list[Example], dict]:
 def stage_warmstart(args, work: Path) -> None:
     from .warmstart import CtcConfig, train_ctc
 
-    model, tok, _ = _micro_model()
+    from .. import sources
+
+    vocab = _vocab(work, sources.load_gguf_tokenizer(*sources.smollm2_gguf()))
+    model, tok, _ = _micro_model(vocab=vocab)
     examples, features = _train_examples(work)
     cfg = CtcConfig(steps=args.ctc_steps, batch_size=8 if args.tiny else 32)
     train_ctc(model, tok, examples, features, cfg, work / "warmstart")
@@ -138,12 +158,13 @@ def stage_step2(args, work: Path) -> None:
 
     warm = work / "warmstart" / "last.pt"
     adapter = torch.load(warm, weights_only=False)["adapter"] if warm.is_file() else None
-    model, tok, _ = _micro_model(adapter)
+    model, tok, _ = _micro_model(adapter, _vocab(work))
     examples, features = _train_examples(work)
     dev_rows = read_manifest(work / "corpus" / "dev.jsonl")[:64]
     dev = [Example(r["id"], "Please repeat the following words.", r["transcript"], r["transcript"])
            for r in dev_rows if r["id"] in features]
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, kd_weight=args.kd_weight, lr=args.lr,
+                      ctc_weight=args.ctc_weight,
                       eval_every=0 if args.tiny else 200, checkpoint_every_s=300.0,
                       llm_dtype="float32" if args.tiny else "bfloat16")
     trainer = Step2Trainer(model, tok, examples, features, cfg, work / "step2", dev=dev)
@@ -153,7 +174,7 @@ def stage_step2(args, work: Path) -> None:
 
 def stage_export(args, work: Path) -> None:
     blob = torch.load(work / "step2" / "last.pt", weights_only=False)
-    model, _, cfg = _micro_model(blob["adapter"])
+    model, _, cfg = _micro_model(blob["adapter"], _vocab(work))
     folder = export_micro(model, cfg, Path(args.export))
     print(f"exported to {folder}")
 

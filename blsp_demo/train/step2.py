@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..devices import autocast
 from ..model.adapter import lengths_to_mask
 from ..prompts import get_template
-from .batches import Example, length_buckets, pad_rows, prompt_ids, target_ids
+from .batches import Batch, Example, length_buckets, pad_rows, prompt_ids, target_ids
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class TrainConfig:
     max_target_tokens: int = 40
     kd_weight: float = 1.0  # 0: the paper's cross-entropy only
     ce_weight: float = 1.0
+    ctc_weight: float = 0.2  # models with a CTC selector: keep its reading of the frames right
     llm_dtype: str = "bfloat16"
+    bf16_adapter: bool = True  # autocast the adapter where bf16 is fast (devices.fast_bf16)
     checkpoint_every_s: float = 300.0
     eval_every: int = 200
     seed: int = 0
@@ -62,11 +65,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln")  # the only trained part of a BLSP model
+ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln", "ctc")  # the only trained part of a BLSP model
 
 
 def adapter_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for name in ADAPTER_MODULES for p in getattr(model, name).parameters()]
+    return [p for name in ADAPTER_MODULES if getattr(model, name, None) is not None
+            for p in getattr(model, name).parameters()]
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
@@ -79,6 +83,14 @@ def freeze_all_but_adapter(model) -> None:
         p.requires_grad_(False)
     for p in adapter_parameters(model):
         p.requires_grad_(True)
+
+
+def target_logits(llm, batch: Batch, device, **inputs) -> torch.Tensor:
+    """Float logits at the target positions only, (N, V): the output layer (49k x 576 for SmolLM2)
+    runs on N target positions instead of every position of the batch."""
+    hidden = llm.get_decoder()(attention_mask=batch.attention.to(device), **inputs).last_hidden_state  # (B, L, d)
+    picked = torch.cat([hidden[b, pos] for b, pos in enumerate(batch.target_pos)])  # (N, d)
+    return llm.get_output_embeddings()(picked).float()
 
 
 class Step2Trainer:
@@ -108,36 +120,45 @@ class Step2Trainer:
         return self.acc.unwrap_model(self.model)
 
     # ---- one batch ----------------------------------------------------------------------
-    def speech(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cached encoder states -> adapter frames (sum S_b, d_llm) and per-row counts (B,)."""
+    def speech(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Cached encoder states -> adapter frames (sum S_b, d_llm), per-row counts (B,), and the
+        CTC terms of a model with a CTC selector (computed on the frames before selection)."""
+        from .warmstart import ctc_terms, transcript_ids
+
         states = [self.features[e.id].float() for e in batch]
         lengths = torch.tensor([s.shape[0] for s in states], device=self.acc.device)
         padded = torch.nn.utils.rnn.pad_sequence(states, batch_first=True).to(self.acc.device)  # (B, T, d_enc)
-        emb, out_len = self.core.adapt(padded, lengths)  # (B, S, d_llm)
-        return emb[lengths_to_mask(out_len, emb.shape[1])], out_len
+        core, aux = self.core, {}
+        emb, out_len = core.adapt(padded, lengths, compress=False)  # (B, S, d_llm)
+        if getattr(core, "ctc", None) is not None:
+            if self.cfg.ctc_weight > 0:
+                aux = ctc_terms(core, emb, out_len, [transcript_ids(self.tok, e.transcript) for e in batch])
+            emb, out_len = core.ctc.compress(emb, out_len, core.llama_model.get_input_embeddings().weight)
+        return emb[lengths_to_mask(out_len, emb.shape[1])], out_len, aux
 
     def losses(self, batch: list[Example]) -> dict[str, torch.Tensor]:
         core, cfg = self.core, self.cfg
-        frames, counts = self.speech(batch)
+        frames, counts, aux = self.speech(batch)
         targets = [target_ids(self._tokenize, self.end_ids, e, cfg.max_target_tokens) for e in batch]
         student = pad_rows([prompt_ids(self.tpl, self._tokenize, self.tok.bos_token_id, e.instruction, int(n))
                             for e, n in zip(batch, counts)], targets, self.pad_id)
         dev = self.acc.device
         embeds = core.embed_with_speech(student.ids.to(dev), frames)
         llm_dtype = next(core.llama_model.parameters()).dtype
-        logits = core.llama_model(inputs_embeds=embeds.to(llm_dtype), attention_mask=student.attention.to(dev)).logits
-        s_logits = torch.cat([logits[b, pos] for b, pos in enumerate(student.target_pos)]).float()  # (N, V)
+        s_logits = target_logits(core.llama_model, student, dev, inputs_embeds=embeds.to(llm_dtype))  # (N, V)
         gold = torch.cat([torch.tensor(t) for t in targets]).to(dev)
         out = {"ce": F.cross_entropy(s_logits, gold)}
         if cfg.kd_weight > 0:
             with torch.no_grad():
                 teacher = pad_rows([prompt_ids(self.tpl, self._tokenize, self.tok.bos_token_id, e.instruction,
                                                transcript=e.transcript) for e in batch], targets, self.pad_id)
-                t_logits = core.llama_model(input_ids=teacher.ids.to(dev), attention_mask=teacher.attention.to(dev)).logits
-                t_logits = torch.cat([t_logits[b, pos] for b, pos in enumerate(teacher.target_pos)]).float()
+                t_logits = target_logits(core.llama_model, teacher, dev, input_ids=teacher.ids.to(dev))
             out["kd"] = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), log_target=True,
                                  reduction="batchmean")
         out["loss"] = cfg.ce_weight * out["ce"] + cfg.kd_weight * out.get("kd", torch.zeros((), device=dev))
+        if aux:
+            out["ctc"], out["embed"] = aux["ctc"], aux["embed"]
+            out["loss"] = out["loss"] + cfg.ctc_weight * (aux["ctc"] + aux["embed"])
         return out
 
     # ---- checkpoints --------------------------------------------------------------------
@@ -197,7 +218,8 @@ class Step2Trainer:
                 group["lr"] = lr_at(self.state.step, cfg)
             parts = {}
             for _ in range(cfg.grad_accum):
-                out = self.losses(next(stream))
+                with autocast(self.acc.device, cfg.bf16_adapter):
+                    out = self.losses(next(stream))
                 self.acc.backward(out["loss"] / cfg.grad_accum)
                 parts = {k: parts.get(k, 0.0) + float(v.detach()) / cfg.grad_accum for k, v in out.items()}
             grad_norm = float(torch.nn.utils.clip_grad_norm_(adapter_parameters(self.core), 1.0))
@@ -269,11 +291,12 @@ class OnTheFlyStates:
         from ..model.encoder import encode_features, log_mel
 
         samples = load_audio(self.rows[key]["audio"])[: 30 * 16000]
-        features, frames = log_mel(self.extractor, samples, self.window)
         encoder = self.model.whisper_model
         weight = next(encoder.parameters())
-        states, lengths = encode_features(encoder, features.to(weight.device, weight.dtype),
-                                          frames.to(weight.device), self.window)
+        with torch.autocast(weight.device.type, enabled=False):  # the frozen encoder runs as loaded
+            features, frames = log_mel(self.extractor, samples, self.window)
+            states, lengths = encode_features(encoder, features.to(weight.device, weight.dtype),
+                                              frames.to(weight.device), self.window)
         return states[0, : int(lengths[0])].float()
 
 

@@ -1,0 +1,88 @@
+"""CTC frame selection over the LLM's own vocabulary (the micro model's length adapter).
+
+A fixed-rate adapter gives the LLM ~2 speech frames per text token, about half of them carrying
+no token at all. Here a CTC head scores every adapter frame against the frozen LLM input-embedding
+table by cosine (plus a learned blank); frames read as blank are dropped and runs of frames read
+as the same token are averaged. The LLM then receives about one continuous vector per spoken
+token, each trained to sit near its token's embedding, much like the token-level alignment of
+BLSP-KD (CIF) or CTC compression in other speech LLMs. The vectors stay continuous: the selection
+decides only which frames go through, never replaces them by a token's embedding.
+
+Off by default (`speech_compression="none"`): official checkpoints have no such head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CtcSelector(nn.Module):
+    """Learned blank direction + logit scale; the token directions are the LLM's embeddings of the
+    token ids in `vocab` (a buffer saved with the adapter; empty: the whole embedding table)."""
+
+    def __init__(self, dim: int, vocab_size: int = 0):
+        super().__init__()
+        self.blank = nn.Parameter(torch.randn(dim) * 0.02)
+        self.log_scale = nn.Parameter(torch.tensor(2.5))  # cosines need a sharp softmax (scale ~12)
+        self.register_buffer("vocab", torch.zeros(vocab_size, dtype=torch.long))
+
+    def set_vocab(self, token_ids: list[int]) -> None:
+        if len(token_ids) != self.vocab.numel():
+            raise ValueError(f"the model was built for {self.vocab.numel()} CTC tokens, not {len(token_ids)}")
+        self.vocab.copy_(torch.tensor(sorted(token_ids)))
+
+    def token_table(self, table: torch.Tensor) -> torch.Tensor:
+        """The LLM embedding table (V, d) -> the rows of this head's classes (V', d)."""
+        return table[self.vocab] if self.vocab.numel() else table
+
+    def token_id(self, cls: int) -> int:
+        """Class index (1..V') -> LLM token id."""
+        return int(self.vocab[cls - 1]) if self.vocab.numel() else cls - 1
+
+    def logits(self, frames: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Frames (B, S, d) against the LLM embedding table (V, d) -> (B, S, 1 + V'); class 0 is
+        blank, class i + 1 is the token `token_id(i + 1)`."""
+        keys = torch.cat([F.normalize(self.blank, dim=-1)[None],
+                          F.normalize(self.token_table(table).float(), dim=-1)])  # (1+V', d)
+        return self.log_scale.exp() * F.normalize(frames.float(), dim=-1) @ keys.T
+
+    def compress(self, frames: torch.Tensor, lengths: torch.Tensor,
+                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, d), (B,) -> (B, S', d), (B,): blanks dropped, runs of one token averaged;
+        every row keeps at least one frame (its most token-like one)."""
+        with torch.no_grad():
+            scores = self.logits(frames, table)  # (B, S, 1 + V)
+            best = scores.argmax(-1)  # (B, S)
+        rows = [select_runs(frames[b, : int(n)], best[b, : int(n)], scores[b, : int(n), 1:].amax(-1))
+                for b, n in enumerate(lengths)]
+        out_len = torch.tensor([r.shape[0] for r in rows], device=lengths.device)
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_len
+
+
+def select_runs(frames: torch.Tensor, best: torch.Tensor, token_score: torch.Tensor) -> torch.Tensor:
+    """One row: frames (S, d), argmax classes (S,) with 0 = blank, best non-blank score (S,) ->
+    (S', d), the mean of each run of equal non-blank classes, in order."""
+    keep = best > 0
+    if not bool(keep.any()):
+        return frames[token_score.argmax()][None]  # (1, d)
+    # A run starts where the class changes (blanks in between also split runs: "a _ a" is 2 tokens).
+    starts = keep & torch.cat([torch.ones(1, dtype=torch.bool, device=best.device), best[1:] != best[:-1]])
+    run_id = torch.cumsum(starts.long(), 0) - 1  # (S,) run index of each frame (valid where keep)
+    n_runs = int(starts.sum())
+    sums = torch.zeros(n_runs, frames.shape[-1], dtype=frames.dtype, device=frames.device)
+    sums = sums.index_add(0, run_id[keep], frames[keep])
+    counts = torch.zeros(n_runs, dtype=frames.dtype, device=frames.device).index_add(
+        0, run_id[keep], torch.ones(int(keep.sum()), dtype=frames.dtype, device=frames.device))
+    return sums / counts[:, None]  # (S', d)
+
+
+def greedy_classes(best: torch.Tensor) -> list[int]:
+    """CTC greedy decoding of one row's argmax classes (S,): repeats merged, blanks (0) dropped."""
+    out, prev = [], 0
+    for c in best.tolist():
+        if c != prev and c != 0:
+            out.append(c)
+        prev = c
+    return out
