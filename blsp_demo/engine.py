@@ -8,6 +8,8 @@ Each conversation keeps its own KV cache (`ChatCache`, found by conversation id 
 position by position), so a new turn prefills only the positions the cache does not hold: the
 new turn's tokens and speech. A reset, an edit or another conversation can never reuse positions
 that differ, because every cached position carries a key (token id, or audio hash + frame index).
+The one thing conversations share is the KV cache of the prompt's conversation-independent start
+(BOS, system prompt: `PrefixCaches`), looked up by its keys and copied into a new conversation.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .conversation import Conversation, Turn
 from .decoding import TextStream, make_rng, pick_next
 from .model.blsp import SPEECH_PLACEHOLDER
 from .model.encoder import log_mel
-from .prompts import Bos, Piece, PromptTemplate, Reply, Speech, render
+from .prompts import Bos, Piece, PromptTemplate, Reply, Speech, Text, render
 
 Key = tuple  # ("t", token_id) or ("s", audio_fingerprint, frame_index)
 
@@ -46,6 +48,11 @@ class PromptPlan:
     ids: list[int]
     keys: list[Key]
     speech: list[tuple[int, torch.Tensor]]  # (start position, (S, d_llm) frames)
+    shared: int = 0  # leading positions from conversation-independent pieces (BOS, system prompt)
+
+    @property
+    def shared_keys(self) -> tuple[Key, ...]:
+        return tuple(self.keys[:self.shared])
 
     def frames_from(self, start: int) -> torch.Tensor | None:
         """Speech frames for the placeholders at positions >= start, in order."""
@@ -90,6 +97,78 @@ def common_prefix(a: list[Key], b: list[Key]) -> int:
     return i
 
 
+def shared_piece_count(tpl: PromptTemplate, system: str, pieces: list[Piece]) -> int:
+    """How many leading pieces every conversation with this system text starts with: BOS markers,
+    then the system segment (`system_format`, or for a template that puts the system text inside the
+    first user turn, the user prefix with it, when it is a piece of its own). Each piece is
+    tokenized on its own, so these pieces' positions never depend on what follows."""
+    sys_text = tpl.system_format.format(system=system) if system else ""
+    system_pieces = {sys_text, tpl.user_prefix + sys_text if tpl.system_inline else sys_text} if sys_text else set()
+    n = 0
+    while n < len(pieces) and isinstance(pieces[n], Bos):
+        n += 1
+    if n < len(pieces) and isinstance(pieces[n], Text) and pieces[n].text in system_pieces:
+        n += 1
+    return n
+
+
+@torch.inference_mode()
+def cache_prefix(past, n: int) -> object | None:
+    """A new DynamicCache with the first n positions of `past`, in tensors of its own (a cropped view
+    would keep the whole prompt's memory). None when a layer is not a plain full-attention one
+    (sliding window, linear attention): copying those is not this function's business."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(past, "layers", None)
+    if not layers or getattr(past, "offloading", False) or any(
+            type(layer) is not DynamicLayer or layer.get_seq_length() < n for layer in layers):
+        return None
+    out = DynamicCache()
+    for i, layer in enumerate(layers):
+        out.update(layer.keys[..., :n, :].clone(), layer.values[..., :n, :].clone(), i)  # (B, H_kv, n, d_head)
+    return out
+
+
+class PrefixCaches:
+    """KV caches of conversation-independent prompt starts (BOS, system prompt), shared by all the
+    conversations of one engine: keys of the positions -> a DynamicCache holding only them. The
+    caches held here are never handed out, only copied: decoding appends to a conversation's cache."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._caches: OrderedDict[tuple[Key, ...], object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def copy(self, keys: tuple[Key, ...]) -> object | None:
+        """A copy of the cache for these positions (a DynamicCache), or None."""
+        with self._lock:
+            past = self._caches.get(keys)
+            if past is not None:
+                self._caches.move_to_end(keys)  # most recently used last
+        return None if past is None else cache_prefix(past, len(keys))
+
+    def __contains__(self, keys: tuple[Key, ...]) -> bool:
+        with self._lock:
+            return keys in self._caches
+
+    def add(self, keys: tuple[Key, ...], past) -> None:
+        """Keep a copy of the first len(keys) positions of `past` (a conversation's cache)."""
+        if not keys or keys in self:
+            return
+        prefix = cache_prefix(past, len(keys))
+        if prefix is None:
+            return
+        with self._lock:
+            self._caches.setdefault(keys, prefix)
+            while len(self._caches) > self.capacity:
+                self._caches.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._caches)
+
+
 class ChatEngine:
     """Shared machinery: prompt planning, the per-conversation cache, decoding."""
 
@@ -97,7 +176,8 @@ class ChatEngine:
 
     def __init__(self, llm, tokenizer, template: PromptTemplate, *, model_id: str, revision: str = "",
                  device: torch.device | None = None, max_context: int | None = None,
-                 audio_limits: AudioLimits = AudioLimits(), max_cached_conversations: int = 32):
+                 audio_limits: AudioLimits = AudioLimits(), max_cached_conversations: int = 32,
+                 share_prefix: bool = True, max_shared_prefixes: int = 8):
         self.llm = llm.eval()
         self.tokenizer = tokenizer
         self.template = template
@@ -110,6 +190,7 @@ class ChatEngine:
         self._caches: OrderedDict[str, ChatCache] = OrderedDict()
         self._caches_lock = threading.Lock()
         self._max_cached = max_cached_conversations
+        self.prefixes = PrefixCaches(max_shared_prefixes) if share_prefix else None
         self.stop_ids = self._stop_ids()
 
     # ---- per-conversation caches -----------------------------------------------------------
@@ -122,6 +203,7 @@ class ChatEngine:
             return cache
 
     def forget(self, conv_id: str) -> None:
+        """Drop a conversation's cache (the shared prompt starts stay: they hold no conversation)."""
         with self._caches_lock:
             self._caches.pop(conv_id, None)
 
@@ -156,10 +238,15 @@ class ChatEngine:
 
     def plan(self, conv: Conversation, cache: ChatCache) -> PromptPlan:
         pieces: list[Piece] = render(self.template, conv, self.speech_texts(conv, cache))
+        system = conv.system if conv.system is not None else self.template.system_default
+        n_shared = shared_piece_count(self.template, system, pieces)
         ids: list[int] = []
         keys: list[Key] = []
         speech: list[tuple[int, torch.Tensor]] = []
-        for piece in pieces:
+        shared = 0
+        for n, piece in enumerate(pieces):
+            if n == n_shared:
+                shared = len(ids)
             if isinstance(piece, Speech):
                 akey, frames = self.speech_frames(conv.turns[piece.turn_index], cache)
                 speech.append((len(ids), frames))
@@ -175,7 +262,7 @@ class ChatEngine:
                 new = self.tokenize(piece.text)
             ids += new
             keys += [("t", t) for t in new]
-        return PromptPlan(ids, keys, speech)
+        return PromptPlan(ids, keys, speech, shared)
 
     def fit_context(self, conv: Conversation, cache: ChatCache, max_new: int) -> tuple[Conversation, PromptPlan, tuple[str, ...]]:
         """Drop the oldest exchanges until the prompt plus the answer fits the context."""
@@ -219,17 +306,27 @@ class ChatEngine:
                 return
             yield from self._stream_cached(conv, cache, options, t0)
 
+    def _resume(self, cache: ChatCache, plan: PromptPlan) -> tuple[int, object]:
+        """How many positions this turn need not prefill, and a cache holding them: the conversation's
+        own cache cropped to what still matches, else a copy of the shared prompt start, else none."""
+        own = min(common_prefix(cache.keys, plan.keys), len(plan.ids) - 1) if cache.past is not None else 0
+        if self.prefixes is not None and own < plan.shared < len(plan.ids):
+            seed = self.prefixes.copy(plan.shared_keys)
+            if seed is not None:
+                return plan.shared, seed
+        if own == 0:
+            return 0, self._new_cache()
+        cache.past.crop(own - cache.past.get_seq_length())  # a negative count removes positions
+        cache.keys = cache.keys[:own]
+        return own, cache.past
+
     def _stream_cached(self, conv, cache: ChatCache, options, t0) -> Iterator[StreamChunk]:
         conv, plan, notices = self.fit_context(conv, cache, options.max_new_tokens)
-        reuse = min(common_prefix(cache.keys, plan.keys), len(plan.ids) - 1)
-        if cache.past is None or reuse == 0:
-            reuse, past = 0, self._new_cache()
-        else:
-            past = cache.past
-            past.crop(reuse - past.get_seq_length())  # a negative count removes positions
-        cache.keys = cache.keys[:reuse]
+        reuse, past = self._resume(cache, plan)
         new_ids = plan.ids[reuse:]
         logits, past = self._forward(new_ids, plan.frames_from(reuse), past, reuse, len(plan.ids))
+        if self.prefixes is not None and reuse < plan.shared:  # this turn prefilled the shared start
+            self.prefixes.add(plan.shared_keys, past)
         cache.past, cache.keys = past, list(plan.keys)
         rng = make_rng(options, self.device)
         stream = TextStream(self.tokenizer, self.template.stop_strings, [])

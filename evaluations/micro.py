@@ -58,7 +58,8 @@ def read_scores(folder: Path) -> dict[tuple[str, str], dict]:
         return {(r["system"], r["metric"]): r for r in csv.DictReader(f)}
 
 
-def run_sets(model: str, work: Path, out: Path, test_limit: int, batch_size: int) -> dict[str, Path]:
+def run_sets(model: str | None, work: Path, out: Path, test_limit: int, batch_size: int) -> dict[str, Path]:
+    """The three sets for the baselines, then (unless `model` is None) for the model."""
     sets = {"tts-test": (work / "corpus" / "test.jsonl", "asr", test_limit),
             "real": (DATA / "real.jsonl", "asr", None),
             "questions-dev": (qa_dev_manifest(out / "qa-dev.jsonl"), "qa", None)}
@@ -68,7 +69,8 @@ def run_sets(model: str, work: Path, out: Path, test_limit: int, batch_size: int
         common = ["--manifest", str(manifest), "--task", task, "--batch-size", str(batch_size), "--judge", "none", *lim]
         evalrun.main([*common, "--systems", "cascade,text", "--model", "micro-blsp",
                       "--out", str(out / "baselines" / name)])
-        evalrun.main([*common, "--systems", "blsp,ctc", "--model", model, "--out", str(out / "model" / name)])
+        if model is not None:
+            evalrun.main([*common, "--systems", "blsp,ctc", "--model", model, "--out", str(out / "model" / name)])
         folders[name] = out
     return folders
 
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     from blsp_demo.devices import set_threads
 
     p = argparse.ArgumentParser(prog="python -m evaluations.micro", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a micro-layout folder (or micro-blsp)")
+    p.add_argument("--model", help="a micro-layout folder (or micro-blsp); leave out to make only the baselines")
     p.add_argument("--work", type=Path, default=Path("runs/micro"), help="the training run (its corpus test split)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--test-limit", type=int, default=300, help="TTS test clips")
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     set_threads()
     run_sets(a.model, a.work, a.out, a.test_limit, a.batch_size)
+    if a.model is None:
+        return
     if not a.skip_representation:
         representation.main(["--manifest", str(a.work / "corpus" / "test.jsonl"), "--model", a.model,
                              "--n", "50", "--out", str(a.out / "representation")])

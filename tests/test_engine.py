@@ -1,16 +1,20 @@
-"""The engine on tiny random models: KV-cache reuse, isolation, streaming, batches, bad input."""
+"""The engine on tiny random models: KV-cache reuse, isolation, the shared system-prompt cache,
+streaming, batches, bad input."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from blsp_demo.audio import AudioError
 from blsp_demo.config import GenerationOptions
 from blsp_demo.conversation import Conversation
-from blsp_demo.engine import BlspEngine, TextEngine
-from blsp_demo.prompts import get_template
+from blsp_demo.engine import BlspEngine, TextEngine, shared_piece_count
+from blsp_demo.prompts import TEMPLATES, Bos, Speech, get_template, render
 
 GREEDY = GenerationOptions(max_new_tokens=6)
 
@@ -25,9 +29,9 @@ def parts(official_checkpoint):
             WhisperFeatureExtractor.from_pretrained(official_checkpoint))
 
 
-def make_engine(parts, **kw) -> BlspEngine:
+def make_engine(parts, template: str = "blsp", **kw) -> BlspEngine:
     model, tok, fx = parts
-    return BlspEngine(model, tok, fx, template=get_template("blsp"), model_id="tiny", **kw)
+    return BlspEngine(model, tok, fx, template=get_template(template), model_id="tiny", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +87,9 @@ def test_conversations_never_share_cached_positions(parts, clips):
     a = Conversation().add_speech(clips["a"])
     engine.respond(a, GREEDY)
     b = Conversation().add_speech(clips["a"])  # same audio, another conversation: its own cache
-    assert engine.respond(b, GREEDY).cached_tokens == 0
+    shared = engine.plan(b, engine.cache_for("scratch")).shared
+    assert shared == 1  # only the BOS (the blsp template has no system prompt) is shared
+    assert engine.respond(b, GREEDY).cached_tokens == shared
     # An edited history reuses only the positions before the edit.
     a2 = a.add_reply("one two").add_text("hello")
     engine.respond(a2, GREEDY)
@@ -92,7 +98,100 @@ def test_conversations_never_share_cached_positions(parts, clips):
     prefix = engine.plan(Conversation(turns=edited.turns[:1], id="x"), engine.cache_for("scratch"))
     assert r.cached_tokens == len(prefix.ids)
     engine.forget(a.id)
-    assert engine.respond(a, GREEDY).cached_tokens == 0
+    assert engine.respond(a, GREEDY).cached_tokens == shared
+
+
+# ---- the shared system-prompt cache ----------------------------------------------------------------
+def test_shared_prefix_is_bos_and_system_segment_for_every_template():
+    """The shared pieces are the same for any first turn (speech, instruction, text, longer history),
+    and never hold speech or user text."""
+    for tpl in TEMPLATES.values():
+        for system in (None, "", "Be brief."):
+            convs = [Conversation(system=system).add_speech("/x.wav"),
+                     Conversation(system=system).add_speech("/x.wav", instruction="Please repeat."),
+                     Conversation(system=system).add_text("hello"),
+                     Conversation(system=system).add_text("hello").add_reply("hi").add_text("again")]
+            text = system if system is not None else tpl.system_default
+            starts = set()
+            for conv in convs:
+                pieces = render(tpl, conv)
+                n = shared_piece_count(tpl, text, pieces)
+                assert n < len(pieces) and not any(isinstance(p, Speech) for p in pieces[:n])
+                assert not any("hello" in getattr(p, "text", "") or "repeat" in getattr(p, "text", "")
+                               for p in pieces[:n])
+                starts.add(tuple(pieces[:n]))
+            assert len(starts) == 1, (tpl.name, system)
+            start = starts.pop()
+            assert isinstance(render(tpl, convs[0])[0], Bos) == (start[:1] == (Bos(),))  # an opening BOS is shared
+            assert bool(text) == (len(start) > sum(isinstance(p, Bos) for p in start)), (tpl.name, system)
+
+
+def spoken(clips, name: str = "a", system: str | None = None) -> Conversation:
+    return Conversation(system=system).add_speech(clips[name])
+
+
+def test_new_conversations_reuse_the_shared_system_prompt(parts, clips):
+    engine, plain = make_engine(parts, "chatml"), make_engine(parts, "chatml", share_prefix=False)
+    plan = engine.plan(spoken(clips), engine.cache_for("scratch"))
+    system = engine.tokenize(get_template("chatml").system_format.format(system=get_template("chatml").system_default))
+    assert plan.shared == len(system) and plan.ids[:plan.shared] == system
+    first, second = engine.respond(spoken(clips), GREEDY), engine.respond(spoken(clips, "b"), GREEDY)
+    assert first.cached_tokens == 0 and first.prefill_tokens == len(plan.ids)  # nothing shared yet
+    total = len(engine.plan(spoken(clips, "b"), engine.cache_for("scratch")).ids)
+    assert second.cached_tokens == plan.shared and second.prefill_tokens == total - plan.shared
+    assert len(engine.prefixes) == 1
+    # The same greedy text as prefilling everything, and the same logits within float noise.
+    for conv, got in ((spoken(clips), first), (spoken(clips, "b"), second)):
+        ref = plain.respond(conv, GREEDY)
+        assert ref.text == got.text and ref.cached_tokens == 0
+    seed = engine.prefixes.copy(plan.shared_keys)
+    shared_logits, _ = engine._forward(plan.ids[plan.shared:], plan.frames_from(plan.shared), seed, plan.shared,
+                                       len(plan.ids))
+    full_logits, _ = engine._forward(plan.ids, plan.frames_from(0), engine._new_cache(), 0, len(plan.ids))
+    torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=1e-4)
+    # Later turns reuse the conversation's own cache, as before; a forgotten one starts over.
+    conv = spoken(clips)
+    reply = engine.respond(conv, GREEDY)
+    turn2 = engine.respond(conv.add_reply(reply.text).add_text("hello world"), GREEDY)
+    assert turn2.cached_tokens > len(plan.ids)
+    engine.forget(conv.id)
+    assert engine.respond(conv, GREEDY).cached_tokens == plan.shared
+
+
+def test_different_system_prompts_do_not_share(parts, clips):
+    engine, plain = make_engine(parts, "chatml"), make_engine(parts, "chatml", share_prefix=False)
+    engine.respond(spoken(clips), GREEDY)
+    brief = engine.respond(spoken(clips, system="Be brief."), GREEDY)
+    assert brief.cached_tokens == 0 and len(engine.prefixes) == 2
+    assert brief.text == plain.respond(spoken(clips, system="Be brief."), GREEDY).text
+    again = engine.respond(spoken(clips, "b", system="Be brief."), GREEDY)
+    assert again.cached_tokens == engine.plan(spoken(clips, system="Be brief."), engine.cache_for("x")).shared
+    none = engine.respond(spoken(clips, system=""), GREEDY)  # no system prompt: nothing to share
+    assert none.cached_tokens == 0 and len(engine.prefixes) == 2
+
+
+def test_decoding_never_changes_the_shared_cache(parts, clips):
+    engine = make_engine(parts, "chatml")
+    engine.respond(spoken(clips), GREEDY)
+    keys = engine.plan(spoken(clips), engine.cache_for("scratch")).shared_keys
+    before = [(k.clone(), v.clone()) for k, v, _ in engine.prefixes.copy(keys)]
+    convs = [spoken(clips, "b"), spoken(clips), Conversation().add_text("hello world"), spoken(clips, "b")]
+    got = [engine.respond(c, GREEDY.replace(max_new_tokens=10)) for c in convs]
+    after = list(engine.prefixes.copy(keys))
+    assert all(torch.equal(k0, k1) and torch.equal(v0, v1) for (k0, v0), (k1, v1, _) in zip(before, after))
+    fresh = make_engine(parts, "chatml", share_prefix=False)
+    assert [r.text for r in got] == [fresh.respond(c, GREEDY.replace(max_new_tokens=10)).text for c in convs]
+    assert all(r.cached_tokens == len(keys) for r in got)
+
+
+def test_shared_prefix_under_concurrent_conversations(parts, clips):
+    engine = make_engine(parts, "chatml", max_shared_prefixes=2)
+    convs = [spoken(clips, "ab"[i % 2], system=f"System {i % 3}.") for i in range(9)]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # an exception in a thread is raised here
+        results = list(pool.map(lambda c: engine.respond(c, GREEDY), convs))
+    assert len(engine.prefixes) == 2  # bounded: the least recently used prompt start was dropped
+    plain = make_engine(parts, "chatml", share_prefix=False)
+    assert [r.text for r in results] == [plain.respond(c, GREEDY).text for c in convs]
 
 
 def test_bad_audio_leaves_conversation_and_cache_untouched(parts, clips, tmp_path):

@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--kd-weight", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--repeat-share", type=float, default=None,
+                   help="step 2: at most this share of repetition pairs (default: every encoded clip not in step 1)")
     p.add_argument("--ctc-weight", type=float, default=0.2, help="step 2: weight of the CTC terms that keep frame selection right")
     p.add_argument("--export", default=None, help="folder to export the adapter to (e.g. blsp_demo/weights/micro-blsp)")
     p.add_argument("--tiny", action="store_true", help="toy sizes, for tests")
@@ -100,7 +102,8 @@ def run_all(args, work: Path) -> None:
     run_stage(["blsp_demo.train.micro", "warmstart", "--work", str(work), "--ctc-steps", str(args.ctc_steps), *tiny])
     run_stage(["blsp_demo.train.micro", "step2", "--work", str(work), "--steps", str(args.steps),
                "--batch-size", str(args.batch_size), "--kd-weight", str(args.kd_weight), "--lr", str(args.lr),
-               "--ctc-weight", str(args.ctc_weight), *tiny])
+               "--ctc-weight", str(args.ctc_weight),
+               *(["--repeat-share", str(args.repeat_share)] if args.repeat_share is not None else []), *tiny])
     if args.export:
         run_stage(["blsp_demo.train.micro", "export", "--work", str(work), "--export", args.export])
 
@@ -130,7 +133,9 @@ def _vocab(work: Path, tokenizer=None) -> list[int]:
     return json.loads(path.read_text())
 
 
-def _train_examples(work: Path) -> tuple[list[Example], dict]:
+def _train_examples(work: Path, repeat_share: float | None = None) -> tuple[list[Example], dict]:
+    """Step-1 rows plus repetition pairs for every other encoded clip; with `repeat_share`, a
+    seeded sample of the repetition pairs so that they make up at most that share of the rows."""
     features = load_feature_store(work / "features")
     examples = [e for e in load_examples(work / "targets.jsonl") if e.id in features]
     # Rows beyond the step-1 limit are repetition pairs: they need no generation.
@@ -138,7 +143,18 @@ def _train_examples(work: Path) -> tuple[list[Example], dict]:
     for row in read_manifest(work / "corpus" / "train.jsonl"):
         if row["id"] not in have and row["id"] in features:
             examples.append(Example(row["id"], "Please repeat the following words.", row["transcript"], row["transcript"]))
-    return examples, features
+    return limit_repeats(examples, repeat_share), features
+
+
+def limit_repeats(examples: list[Example], share: float | None, seed: int = 0) -> list[Example]:
+    if share is None:
+        return examples
+    import random
+
+    other = [e for e in examples if e.kind != "repeat"]
+    repeats = [e for e in examples if e.kind == "repeat"]
+    keep = min(len(repeats), int(share / (1 - share) * len(other))) if share < 1 else len(repeats)
+    return other + random.Random(seed).sample(repeats, keep)
 
 
 def stage_warmstart(args, work: Path) -> None:
@@ -159,7 +175,8 @@ def stage_step2(args, work: Path) -> None:
     warm = work / "warmstart" / "last.pt"
     adapter = torch.load(warm, weights_only=False)["adapter"] if warm.is_file() else None
     model, tok, _ = _micro_model(adapter, _vocab(work))
-    examples, features = _train_examples(work)
+    examples, features = _train_examples(work, args.repeat_share)
+    print(f"step 2 rows: {len(examples)} ({sum(e.kind == 'repeat' for e in examples)} repetition pairs)")
     dev_rows = read_manifest(work / "corpus" / "dev.jsonl")[:64]
     dev = [Example(r["id"], "Please repeat the following words.", r["transcript"], r["transcript"])
            for r in dev_rows if r["id"] in features]

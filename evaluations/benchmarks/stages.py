@@ -102,7 +102,9 @@ def add_user(conv: Conversation, turn: UserTurn) -> Conversation:
 
 
 def warm_up(engines: dict, official: OfficialPath, clip: str) -> None:
-    """One short untimed turn each: first-call allocations and lazy imports stay out of the timings."""
+    """One short untimed turn each: first-call allocations and lazy imports stay out of the timings.
+    The engine also keeps its shared cache of the system prompt from it, as a serving engine has it
+    after its first conversation: the timed first turns prefill only what follows the system prompt."""
     opts = forced_options(2)
     for engine in engines.values():
         engine.respond(single_turn(audio=clip), opts)
@@ -126,7 +128,8 @@ def run_question(engines: dict, official: OfficialPath, clip: str, s: Settings) 
 
 def run_chat(engine, official: OfficialPath, script: list[UserTurn], s: Settings) -> list[Sample]:
     """Turns 1..n; the history holds the engine's replies (the official path reads the same text).
-    Each repetition is a new conversation: the engine starts with a cold cache."""
+    Each repetition is a new conversation: the engine starts with no cache of its own, only the
+    shared system-prompt positions (the official path has no cache at all)."""
     opts = forced_options(s.chat_tokens)
     out = []
     for rep in range(s.reps):
