@@ -70,6 +70,7 @@ class WhisperAsr:
     model: object
     language: str | None
     device: torch.device
+    bf16_encoder: bool = False  # the 30 s encoder pass under bf16 autocast (CPUs with fast bf16: ~3x)
 
     def _options(self):
         import whisper
@@ -94,7 +95,10 @@ class WhisperAsr:
                 part = short[start: start + size]
                 mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(clips[i]).float()),
                                                                 self.model.dims.n_mels) for i in part])  # (b, 80, 3000)
-                results = whisper.decode(self.model, mels.to(self.device), self._options())
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_encoder):
+                    states = self.model.encoder(mels.to(self.device))  # (b, 1500, d)
+                dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+                results = whisper.decode(self.model, states.to(dtype), self._options())  # takes encoder states as is
                 for i, r in zip(part, results):
                     out[i] = r.text.strip()
         return [t or "" for t in out]
@@ -104,8 +108,11 @@ def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr
     """The bundled Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
     import whisper
 
+    from .devices import fast_bf16
+
     model = whisper.load_model(str(sources.whisper_base().openai_checkpoint_path), device=device)
-    return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device)
+    return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device,
+                      bf16_encoder=device.type == "cpu" and fast_bf16(device))
 
 
 def ctc_asr(blsp: BlspModel, extractor, tokenizer):

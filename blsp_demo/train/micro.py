@@ -47,7 +47,8 @@ def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Pat
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / cfg["components"]["adapter"]["file"]
     # fp16 on disk (17 MB instead of 35 MB); loading casts to the run's dtype.
-    save_file({k: v.half().contiguous() for k, v in adapter_state(model).items()}, str(path), metadata={"format": "pt"})
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in adapter_state(model).items()}
+    save_file(state, str(path), metadata={"format": "pt"})  # integer buffers (CTC token ids) stay exact
     cfg = json.loads(json.dumps(cfg))
     cfg["components"]["adapter"]["sha256"] = sha256_file(path)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
