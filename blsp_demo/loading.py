@@ -122,7 +122,7 @@ def ctc_asr(blsp: BlspModel, extractor, tokenizer):
     from .model.encoder import encode_features, log_mel
 
     if getattr(blsp, "ctc", None) is None:
-        raise ValueError("this BLSP model has no CTC head (speech_compression is not 'ctc')")
+        raise ValueError("this BLSP model has no CTC head (speech_compression is 'none')")
     weight = next(blsp.subsampler.parameters())
 
     def transcribe(samples) -> str:
@@ -152,7 +152,8 @@ def template_for_tokenizer(tokenizer) -> str:
 MICRO_ADAPTER_FILE = "adapter.safetensors"
 
 
-def micro_config(adapter_inner_dim: int = 512, ctc_vocab_size: int = 0) -> dict:
+def micro_config(adapter_inner_dim: int = 512, ctc_vocab_size: int = 0, speech_compression: str = "ctc-soft",
+                 ctc_sharpness: float = 4.0) -> dict:
     """The micro layout's config.json (without the adapter digest): bundled encoder and LLM."""
     from transformers import WhisperConfig
 
@@ -162,8 +163,8 @@ def micro_config(adapter_inner_dim: int = 512, ctc_vocab_size: int = 0) -> dict:
     return {
         "whisper_config": WhisperConfig.from_pretrained(whisper.hf_dir).to_dict(), "llama_config": llm_cfg,
         "conv_kernel_sizes": "5,5,5", "adapter_inner_dim": adapter_inner_dim, "prompt_template": "chatml",
-        "encoder_window": "trimmed", "speech_compression": "ctc",
-        "ctc_vocab_size": ctc_vocab_size,
+        "encoder_window": "trimmed", "speech_compression": speech_compression,
+        "ctc_vocab_size": ctc_vocab_size, "ctc_sharpness": ctc_sharpness,
         "components": {"whisper": "bundled:whisper-base", "llm": "bundled:smollm2-135m-instruct",
                        "adapter": {"file": MICRO_ADAPTER_FILE, "sha256": None}},
     }

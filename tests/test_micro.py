@@ -36,7 +36,7 @@ def test_the_whole_pipeline_runs_at_toy_size(tmp_path):
 
     exported = load_file(str(out / "adapter.safetensors"))
     vocab = json.loads((work / "ctc_vocab.json").read_text())
-    assert cfg["speech_compression"] == "ctc" and cfg["ctc_vocab_size"] == len(vocab)
+    assert cfg["speech_compression"] == "ctc-soft" and cfg["ctc_vocab_size"] == len(vocab)
     assert exported["ctc.vocab"].dtype == torch.int64 and exported["ctc.vocab"].tolist() == vocab  # ids stay exact
     # Rerunning resumes: every stage finds its output and step 2 is already at its last step.
     subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=900)

@@ -203,3 +203,19 @@ def test_step2_command_trains_from_audio_on_the_fly(official_checkpoint, tmp_pat
           "--llm-dtype", "float32", "--template", "blsp", "--window", "full", "--eval-every", "0"])
     blob = torch.load(out / "last.pt", weights_only=False)
     assert blob["state"]["step"] == 3 and len(blob["state"]["log"]) == 3
+
+
+def test_soft_embeddings_are_expected_token_embeddings():
+    from blsp_demo.model.ctc import CtcSelector
+
+    torch.manual_seed(0)
+    head = CtcSelector(8)
+    table = torch.randn(6, 8)
+    vectors = 3 * table[[2, 4]][None]  # (1, 2, 8): pointing exactly at tokens 2 and 4
+    sharp = head.soft_embeddings(vectors, table, sharpness=1e4)
+    assert torch.allclose(sharp[0], table[[2, 4]], atol=1e-4)  # a sharp head gives the token's own embedding
+    flat = head.soft_embeddings(vectors, table, sharpness=0.0)
+    assert torch.allclose(flat[0], table.mean(0).expand(2, 8), atol=1e-5)  # no preference: the table's mean
+    vectors.requires_grad_(True)
+    head.soft_embeddings(vectors, table, sharpness=4.0).sum().backward()
+    assert vectors.grad is not None and vectors.grad.abs().sum() > 0  # step 2 trains through it

@@ -58,8 +58,9 @@ class BlspConfig(PretrainedConfig):
         adapter_inner_dim: int = 512,
         prompt_template: str = "blsp",  # not in official configs: they use the blsp template
         encoder_window: str = "full",  # official checkpoints were trained on 30 s windows
-        speech_compression: str = "none",  # "ctc": keep the frames a CTC head reads as tokens (model/ctc.py)
+        speech_compression: str = "none",  # "ctc" / "ctc-soft": frames a CTC head reads as tokens (model/ctc.py)
         ctc_vocab_size: int = 0,  # token ids the CTC head scores (0: the whole embedding table)
+        ctc_sharpness: float = 1.0,  # ctc-soft: logits x this before the softmax over tokens
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -69,10 +70,11 @@ class BlspConfig(PretrainedConfig):
         self.adapter_inner_dim = adapter_inner_dim
         self.prompt_template = prompt_template
         self.encoder_window = encoder_window
-        if speech_compression not in ("none", "ctc"):
-            raise ValueError(f"speech_compression must be 'none' or 'ctc', not {speech_compression!r}")
+        if speech_compression not in ("none", "ctc", "ctc-soft"):
+            raise ValueError(f"speech_compression must be 'none', 'ctc' or 'ctc-soft', not {speech_compression!r}")
         self.speech_compression = speech_compression
         self.ctc_vocab_size = ctc_vocab_size
+        self.ctc_sharpness = ctc_sharpness
 
     @property
     def kernel_sizes(self) -> list[int]:
@@ -95,7 +97,7 @@ class BlspModel(PreTrainedModel):
         self.subsampler = Conv1dSubsampler(d_enc, 2 * d_enc, d_llm, config.kernel_sizes)
         self.adapter = Adapter(d_llm, config.adapter_inner_dim)
         self.speech_ln = nn.LayerNorm(d_llm, eps=1e-5)
-        self.ctc = CtcSelector(d_llm, config.ctc_vocab_size) if config.speech_compression == "ctc" else None
+        self.ctc = CtcSelector(d_llm, config.ctc_vocab_size) if config.speech_compression != "none" else None
         self.post_init()
 
     def _init_weights(self, module):
@@ -112,9 +114,15 @@ class BlspModel(PreTrainedModel):
         x = self.subsampler(encoded)  # (B, T/8, d_llm)
         x = self.speech_ln(self.adapter(x))
         out_len = self.subsampler.output_lengths(lengths)
-        if self.ctc is not None and compress:
-            x, out_len = self.ctc.compress(x, out_len, self.llama_model.get_input_embeddings().weight)
-        return x, out_len
+        return self.select(x, out_len) if compress else (x, out_len)
+
+    def select(self, frames: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The configured CTC frame selection (identity without a CTC head): (B, S, d) -> (B, S', d)."""
+        if self.ctc is None:
+            return frames, lengths
+        return self.ctc.compress(frames, lengths, self.llama_model.get_input_embeddings().weight,
+                                 soft=self.config.speech_compression == "ctc-soft",
+                                 sharpness=self.config.ctc_sharpness)
 
     def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor,
                           window: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

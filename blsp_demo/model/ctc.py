@@ -48,17 +48,26 @@ class CtcSelector(nn.Module):
                           F.normalize(self.token_table(table).float(), dim=-1)])  # (1+V', d)
         return self.log_scale.exp() * F.normalize(frames.float(), dim=-1) @ keys.T
 
-    def compress(self, frames: torch.Tensor, lengths: torch.Tensor,
-                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def compress(self, frames: torch.Tensor, lengths: torch.Tensor, table: torch.Tensor,
+                 soft: bool = False, sharpness: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S, d), (B,) -> (B, S', d), (B,): blanks dropped, runs of one token averaged;
-        every row keeps at least one frame (its most token-like one)."""
+        every row keeps at least one frame (its most token-like one). With `soft`, each kept
+        vector becomes the head's expected token embedding (see `soft_embeddings`)."""
         with torch.no_grad():
             scores = self.logits(frames, table)  # (B, S, 1 + V)
             best = scores.argmax(-1)  # (B, S)
         rows = [select_runs(frames[b, : int(n)], best[b, : int(n)], scores[b, : int(n), 1:].amax(-1))
                 for b, n in enumerate(lengths)]
         out_len = torch.tensor([r.shape[0] for r in rows], device=lengths.device)
-        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True), out_len
+        out = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)  # (B, S', d)
+        return (self.soft_embeddings(out, table, sharpness) if soft else out), out_len
+
+    def soft_embeddings(self, vectors: torch.Tensor, table: torch.Tensor, sharpness: float = 1.0) -> torch.Tensor:
+        """(B, S', d) -> (B, S', d): the mean of the head's token embeddings under its own
+        distribution over tokens (blank left out; logits times `sharpness`). The LLM reads points
+        inside the hull of its embedding table, continuous and differentiable, never a hard choice."""
+        probs = (sharpness * self.logits(vectors, table)[..., 1:]).softmax(-1)  # (B, S', V')
+        return (probs @ self.token_table(table).float()).to(vectors.dtype)
 
 
 def select_runs(frames: torch.Tensor, best: torch.Tensor, token_score: torch.Tensor) -> torch.Tensor:

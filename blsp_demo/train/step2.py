@@ -133,7 +133,7 @@ class Step2Trainer:
         if getattr(core, "ctc", None) is not None:
             if self.cfg.ctc_weight > 0:
                 aux = ctc_terms(core, emb, out_len, [transcript_ids(self.tok, e.transcript) for e in batch])
-            emb, out_len = core.ctc.compress(emb, out_len, core.llama_model.get_input_embeddings().weight)
+            emb, out_len = core.select(emb, out_len)
         return emb[lengths_to_mask(out_len, emb.shape[1])], out_len, aux
 
     def losses(self, batch: list[Example]) -> dict[str, torch.Tensor]:
