@@ -388,3 +388,35 @@ def test_tiny_real_run_on_the_offline_weights(tmp_path):
     assert all(p["prediction"].strip() for p in preds)
     assert all(p["transcript_heard"] for p in preds if p["system"] == "cascade")
     assert scores["text"].score < 60  # SmolLM2 repeats a short sentence it is given
+
+
+def test_micro_summary_checks_the_training_targets(tmp_path):
+    import json
+
+    from evaluations.micro import markdown, summarize
+
+    header = "system,system_name,task,dataset,metric,score,ci_low,ci_high,n,n_errors,n_unjudged\n"
+    sets = {("baselines", "tts-test"): ["cascade,W,asr,asr,wer,40.0,30,50,200,0,0"],
+            ("model", "tts-test"): ["blsp,B,asr,asr,wer,50.0,40,60,200,0,0"],
+            ("baselines", "questions-dev"): ["cascade,W,qa,questions-tts,answer_match,25.0,10,40,40,0,0"],
+            ("model", "questions-dev"): ["blsp,B,qa,questions-tts,answer_match,30.0,15,45,40,0,0"]}
+    for (kind, name), rows in sets.items():
+        (tmp_path / kind / name).mkdir(parents=True)
+        (tmp_path / kind / name / "results.csv").write_text(header + "\n".join(rows) + "\n")
+    manifest = tmp_path / "real.jsonl"
+    manifest.write_text("".join(json.dumps({"id": i, "reference": ref}) + "\n"
+                                for i, ref in (("a", "red green blue gold"), ("b", "tall tree"))))
+    (tmp_path / "baselines" / "real").mkdir()
+    (tmp_path / "model" / "real").mkdir()
+    preds = [("cascade", "a", "red green blue gold"), ("cascade", "b", "tall"),  # 1 error in 6 words
+             ("blsp", "a", "red green"), ("blsp", "b", "tall tree")]  # 2 errors in 6 words
+    for system, i, text in preds:
+        folder = tmp_path / ("model" if system == "blsp" else "baselines") / "real"
+        with (folder / "predictions.jsonl").open("a") as f:
+            f.write(json.dumps({"system": system, "id": i, "scored": text}) + "\n")
+    s = summarize(tmp_path, real_manifest=manifest)
+    assert s["real_pooled_wer"]["cascade"] == pytest.approx(100 / 6) and s["real_pooled_wer"]["blsp"] == pytest.approx(200 / 6)
+    assert s["checks"]["wer_tts_test_vs_cascade"] == {"value": 1.25, "target": "<= 1.5", "met": True}
+    assert s["checks"]["wer_real_pooled_vs_cascade"]["value"] == pytest.approx(2.0)
+    assert s["checks"]["questions_right"] == {"value": [12, 10], "target": "blsp >= cascade", "met": True}
+    assert "| BLSP | 50.0 [40.0, 60.0] (n=200)" in markdown(s, "m")
