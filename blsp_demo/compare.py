@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 from .audio import sha256_bytes
 from .store import new_id, question_of
 from .ui.services import Services
+from .ui.limits import RateLimited, release_before_last
 from .ui.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,19 @@ class Arena:
 
     # -- a round
     def ask(self, state: CompareState | None, session: str, settings: ChatSettings, inp: UserInput,
-            picks: Sequence[str] = (RANDOM, RANDOM), source: str = "browser") -> Iterator[RoundProgress]:
+            picks: Sequence[str] = (RANDOM, RANDOM), source: str = "browser",
+            client: str | None = None) -> Iterator[RoundProgress]:
         """Draw two systems and stream both answers. Raises RoundFailed when the round cannot be
-        played (the state then has no current round)."""
+        played (the state then has no current round). A round is one turn of `client` for the
+        rate limit (`Chat.answer`)."""
+        try:
+            admitted = self.chat.gate.enter(client) if client is not None else None
+        except RateLimited as err:
+            raise RoundFailed(str(err)) from None
+        yield from release_before_last(self._ask(state, session, settings, inp, picks, source),
+                                       lambda: admitted is not None and self.chat.gate.leave(admitted))
+
+    def _ask(self, state, session, settings, inp, picks, source) -> Iterator[RoundProgress]:
         state = state or CompareState()
         state = replace(state, rounds=state.rounds + 1, current=None)
         try:

@@ -76,6 +76,9 @@ class AppSettings:
     judge_model: str | None = None
     openai_base_url: str | None = None
     extra_models: tuple[str, ...] = field(default_factory=tuple)  # more specs for the model menu and Compare
+    max_new_tokens: int = GenerationOptions.max_new_tokens  # a session's default until it moves the slider
+    turns_per_minute: int = 20  # per session (Chat and Compare together): one client cannot starve the queue
+    max_file_size: str = "50mb"  # uploads above this are refused before they reach the app
 
     @classmethod
     def from_env(cls, **overrides) -> "AppSettings":
@@ -88,5 +91,8 @@ class AppSettings:
             judge_model=_env("JUDGE_MODEL"),
             openai_base_url=_env("OPENAI_BASE_URL"),
             extra_models=tuple(s.strip() for s in _env("BLSP_COMPARE_MODELS", "").split(",") if s.strip()),
+            max_new_tokens=int(_env("BLSP_MAX_NEW_TOKENS", str(GenerationOptions.max_new_tokens))),
+            turns_per_minute=int(_env("BLSP_TURNS_PER_MINUTE", "20")),
+            max_file_size=_env("BLSP_MAX_FILE_SIZE", "50mb"),
         )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})

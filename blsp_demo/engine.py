@@ -482,6 +482,10 @@ class CascadeEngine(ChatEngine):
 
     def __init__(self, llm, tokenizer, template, asr, **kw):
         self.asr = asr  # callable: 16 kHz float32 samples -> text; optional `asr.batch(list) -> list`
+        # One transcription at a time: openai-whisper decodes through forward hooks installed on the
+        # shared model, so two at once feed each other's key/value caches (KeyError, or one
+        # session's words in another's transcript).
+        self._asr_lock = threading.Lock()
         super().__init__(llm, tokenizer, template, **kw)
 
     def prepare_batch(self, rows):
@@ -505,7 +509,8 @@ class CascadeEngine(ChatEngine):
                     continue
         if not todo:
             return
-        texts = batch([samples for samples, _ in todo.values()])
+        with self._asr_lock:
+            texts = batch([samples for samples, _ in todo.values()])
         for (key, (_, caches)), text in zip(todo.items(), texts):
             for cache in caches:
                 cache.transcripts[key] = text.strip()
@@ -516,7 +521,9 @@ class CascadeEngine(ChatEngine):
             if turn.role == "user" and turn.audio is not None:
                 key = audio_key(turn.audio)
                 if key not in cache.transcripts:
-                    cache.transcripts[key] = self.asr(load_audio(turn.audio, self.audio_limits)).strip()
+                    samples = load_audio(turn.audio, self.audio_limits)
+                    with self._asr_lock:
+                        cache.transcripts[key] = self.asr(samples).strip()
                 texts[i] = cache.transcripts[key]
         return texts
 

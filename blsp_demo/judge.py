@@ -205,13 +205,20 @@ class Backend(Protocol):
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible chat completions server, through the `openai` SDK."""
+    """Any OpenAI-compatible chat completions server, through the `openai` SDK.
+
+    Each request has a timeout; failures that may pass (429, 5xx, timeouts, dropped connections,
+    replies that are not a chat completion) are retried at most `max_retries` times with
+    exponential backoff (or the server's Retry-After); and a row never takes longer than
+    `deadline_s` in all, whatever the server does (a reply trickling in byte by byte never trips a
+    read timeout: the request runs in a thread that is given up on at the deadline).
+    """
 
     RETRY_STATUS = (408, 409, 429, 500, 502, 503, 504)
 
     def __init__(self, model: str | None = None, base_url: str | None = None, *, api_key: str | None = None,
                  timeout_s: float = 60.0, max_retries: int = 4, backoff_s: float = 1.0, max_backoff_s: float = 30.0,
-                 max_tokens: int = 200, temperature: float = 0.0):
+                 deadline_s: float = 180.0, max_tokens: int = 200, temperature: float = 0.0):
         from openai import OpenAI
 
         self.model = model or os.environ.get("JUDGE_MODEL") or "gpt-4o-mini"
@@ -223,33 +230,91 @@ class OpenAIBackend:
         self._client = OpenAI(api_key=key or "none", base_url=base_url, timeout=timeout_s, max_retries=0)
         self.base_url = str(self._client.base_url)
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self.timeout_s, self.deadline_s = timeout_s, deadline_s
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
 
     def __repr__(self) -> str:  # no key in any repr
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
 
     def complete(self, messages: list[dict]) -> str:
-        import openai
-
+        t_end = time.monotonic() + self.deadline_s
         for attempt in range(self.max_retries + 1):
+            left = t_end - time.monotonic()
             try:
-                out = self._client.chat.completions.create(model=self.model, messages=messages, **self.params)
-                content = out.choices[0].message.content if out.choices else None
-                if content is None:
-                    raise JudgeError("the server's reply has no message content")
-                return content
-            except openai.APIStatusError as err:
-                if err.status_code not in self.RETRY_STATUS:
-                    raise JudgeError(f"HTTP {err.status_code} from the judge server: {_short(err.message)}") from None
-                why, wait = f"HTTP {err.status_code}", _retry_after(err)
-            except (openai.APITimeoutError, openai.APIConnectionError) as err:
-                why, wait = ("timeout" if isinstance(err, openai.APITimeoutError) else "connection error"), None
+                return call_within(left, self._request, messages, min(self.timeout_s, left))
+            except _Retryable as err:
+                why, wait = str(err), err.wait_s
+            except TimeoutError:
+                raise JudgeError(f"no reply within the deadline of {self.deadline_s:g} s "
+                                 f"({attempt + 1} {'try' if attempt == 0 else 'tries'})") from None
             if attempt == self.max_retries:
                 raise JudgeError(f"{why} after {attempt + 1} tries")
             delay = min(self.max_backoff_s, wait if wait is not None else self.backoff_s * 2 ** attempt)
+            delay *= 1 + 0.1 * random.random()
+            if time.monotonic() + delay >= t_end:
+                raise JudgeError(f"{why} after {attempt + 1} tries; no time left before the deadline "
+                                 f"of {self.deadline_s:g} s")
             log.info("judge: %s, retrying in %.1f s (%d/%d)", why, delay, attempt + 1, self.max_retries)
-            time.sleep(delay * (1 + 0.1 * random.random()))
+            time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _request(self, messages: list[dict], timeout_s: float) -> str:
+        """One request: the reply's text, JudgeError (do not retry) or _Retryable."""
+        import openai
+
+        try:
+            out = self._client.chat.completions.create(model=self.model, messages=messages, timeout=timeout_s,
+                                                       **self.params)
+        except openai.APIStatusError as err:
+            if err.status_code not in self.RETRY_STATUS:
+                raise JudgeError(f"HTTP {err.status_code} from the judge server: {_short(err.message)}") from None
+            raise _Retryable(f"HTTP {err.status_code}", _retry_after(err)) from None
+        except openai.APITimeoutError:
+            raise _Retryable("timeout") from None
+        except openai.APIConnectionError:
+            raise _Retryable("connection error") from None
+        except (openai.APIResponseValidationError, ValueError) as err:  # not JSON, not a completion
+            raise _Retryable(f"unusable reply ({type(err).__name__})") from None
+        return completion_text(out)
+
+
+class _Retryable(Exception):
+    def __init__(self, why: str, wait_s: float | None = None):
+        super().__init__(why)
+        self.wait_s = wait_s
+
+
+def completion_text(out) -> str:
+    """The message text of a chat completion; _Retryable when the reply is not one."""
+    choices = getattr(out, "choices", None)
+    message = getattr(choices[0], "message", None) if isinstance(choices, list) and choices else None
+    content = getattr(message, "content", None)
+    if not isinstance(content, str):
+        raise _Retryable("unusable reply (no message text)")
+    return content
+
+
+def call_within(seconds: float, fn, *args):
+    """`fn(*args)`, or TimeoutError when it has not returned within `seconds`. It runs in a daemon
+    thread, which is left to end on its own then: a blocking socket read cannot be interrupted."""
+    if seconds <= 0:
+        raise TimeoutError
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+
+    thread = threading.Thread(target=run, name="judge-request", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _retry_after(err) -> float | None:
@@ -356,6 +421,13 @@ class ReplyCache:
 LOCAL_OPTIONS = ("Verdict: acceptable", "Verdict: unacceptable")
 
 
+def backend_kind(kind: str | None = None) -> str:
+    """`kind`, or when None: `openai` if JUDGE_MODEL, OPENAI_BASE_URL or OPENAI_API_KEY is set, else `local`."""
+    if kind is not None:
+        return kind
+    return "openai" if any(os.environ.get(k) for k in ("JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY")) else "local"
+
+
 @dataclass
 class Judge:
     backend: Backend
@@ -365,8 +437,7 @@ class Judge:
     @classmethod
     def from_env(cls, kind: str | None = None, cache_dir: Path | None = DEFAULT_CACHE_DIR, **kw) -> "Judge":
         """`openai` when JUDGE_MODEL or OPENAI_BASE_URL or OPENAI_API_KEY is set, else `local`."""
-        if kind is None:
-            kind = "openai" if any(os.environ.get(k) for k in ("JUDGE_MODEL", "OPENAI_BASE_URL", "OPENAI_API_KEY")) else "local"
+        kind = backend_kind(kind)
         if kind not in BACKENDS:
             raise ValueError(f"unknown judge backend {kind!r}; choose from {sorted(BACKENDS)}")
         return cls(BACKENDS[kind](**kw), ReplyCache(cache_dir))
@@ -388,6 +459,9 @@ class Judge:
             raw, cached = self._reply(messages)
         except JudgeError as err:
             return self._unjudged(str(err), flags=flags)
+        except Exception as err:  # noqa: BLE001 - one row's surprise must not end a run of thousands
+            log.exception("judge: unexpected failure")
+            return self._unjudged(f"judge failed ({type(err).__name__})", flags=flags)
         verdict, reason = parse_verdict(raw, untrusted=(question, answer))
         if verdict is None:
             return self._unjudged(reason, raw, flags)

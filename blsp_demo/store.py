@@ -13,7 +13,9 @@ Every record has `kind`, `id`, `ts` (ISO 8601, UTC) and `session`:
   the same question: both models (`model_a`, `model_b`), the `winner`, the round id, and both
   turns (`turn_ids`, and a copy of each turn record in `turns`);
 - `deletion`: the person of `deleted_session` asked for their data to be deleted: readers treat
-  every record of that session, and every label or judgement on its turns, as deleted.
+  every record of that session, and every label or judgement on its turns, as deleted;
+- `rejected`: a request refused before any session saw it (`what`: upload, `status`, `reason`,
+  `bytes`); its `session` is empty.
 
 Writes are one line each, under a lock (the CommitScheduler's when pushing to the Hub, so a push
 never sees half a line), flushed and fsynced before the call returns: a record whose write
@@ -41,10 +43,13 @@ log = logging.getLogger(__name__)
 RECORDS_DIR = "records"
 AUDIO_DIR = "audio"
 RECOVERED_DIR = "recovered"
-KINDS = ("turn", "label", "judgement", "vote", "deletion")
+KINDS = ("turn", "label", "judgement", "vote", "deletion", "rejected")
 VERDICTS = ("accept", "reject", "unset")
 VOTE_CHOICES = ("A", "B", "tie", "both_bad")
-_MAX_EXT_CHARS = 8
+# Stored audio is served back to the browser (inline, typed by its extension), so only media
+# extensions are kept: an upload named page.html or x.svg is stored as .bin, never served as a page.
+MEDIA_EXTS = frozenset({"wav", "wave", "flac", "mp3", "ogg", "oga", "opus", "webm", "weba", "m4a", "mp4",
+                        "aac", "aif", "aiff", "caf", "w64", "wma", "amr", "mka", "mkv", "mov", "3gp"})
 
 try:  # advisory locks tell a live writer's file from a crashed one's (POSIX only)
     import fcntl
@@ -147,8 +152,17 @@ class Deletion:
 
 
 def audio_ext(path: str | Path) -> str:
-    ext = "".join(c for c in Path(path).suffix.lower().lstrip(".") if c.isalnum())[:_MAX_EXT_CHARS]
-    return ext or "bin"
+    ext = Path(path).suffix.lower().lstrip(".")
+    return ext if ext in MEDIA_EXTS else "bin"
+
+
+def json_line(record: dict) -> bytes:
+    """One record as a UTF-8 JSON line. Text with lone surrogates (a client may send "\\ud800")
+    cannot be UTF-8: that record is written with ASCII escapes instead, which keep every character."""
+    try:
+        return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
 
 
 class Store:
@@ -176,10 +190,10 @@ class Store:
         if kind not in KINDS:
             raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
         record = {"kind": kind, "id": new_id(), "ts": now_iso(), "session": session, **fields}
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        line = json_line(record)
         with self.lock:
             f = self._open()
-            f.write(line.encode("utf-8"))
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
         return record

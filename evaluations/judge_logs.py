@@ -1,7 +1,7 @@
 """Judge the app's logged answers, and measure how well the judge agrees with the human labels.
 
     python -m evaluations.judge_logs --data-dir DIR [--judge auto|openai|local] [--limit N]
-        [--rejudge] [--no-judge]
+        [--rejudge] [--no-judge] [--timeout S] [--retries N] [--deadline S]
 
 Answered turns (not failed, not deleted) without an accept/reject judgement yet are judged with
 `blsp_demo.judge` (the paper's acceptability prompt) and a `judgement` record is appended for each
@@ -95,16 +95,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="judge at most N turns")
     p.add_argument("--rejudge", action="store_true", help="also turns judged by another judge model / prompt")
     p.add_argument("--no-judge", action="store_true", help="only print the agreement report")
+    p.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request (default 60)")
+    p.add_argument("--retries", type=int, default=4, help="openai: retries of a failed request (default 4)")
+    p.add_argument("--deadline", type=float, default=180.0,
+                   help="openai: seconds per answer in all, retries included; then it is left unjudged (default 180)")
     a = p.parse_args(argv)
     if not (a.data_dir / "records").is_dir():
         raise SystemExit(f"error: {a.data_dir} has no records/ folder (is it the app's --data-dir?)")
     store = Store(a.data_dir)
     if not a.no_judge:
-        from blsp_demo.judge import PROMPT_VERSION, Judge, JudgeError
+        from blsp_demo.judge import PROMPT_VERSION, Judge, JudgeError, backend_kind
 
+        kind = backend_kind(None if a.judge == "auto" else a.judge)
+        limits = dict(timeout_s=a.timeout, max_retries=a.retries, deadline_s=a.deadline) if kind == "openai" else {}
         try:
-            judge = Judge.from_env(None if a.judge == "auto" else a.judge,
-                                   **({"cache_dir": a.judge_cache} if a.judge_cache else {}))
+            judge = Judge.from_env(kind, **({"cache_dir": a.judge_cache} if a.judge_cache else {}), **limits)
         except JudgeError as err:
             raise SystemExit(f"error: {err}") from None
         todo = turns_to_judge(store.read().records, judge.model, PROMPT_VERSION, a.rejudge)[:a.limit]

@@ -67,3 +67,16 @@ def live_app(tmp_path_factory):
     demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
     yield SimpleNamespace(url=demo.local_url, data_dir=data_dir, services=services)
     demo.close()
+
+
+# ---- the real app as a subprocess, for the hardening tests (issue 7) ------------------------------
+@pytest.fixture(scope="session")
+def hardened_app(tmp_path_factory):
+    """`python app.py` on micro-cascade (real offline weights) with planted fake secrets in its
+    environment and short answers; its own data dir. An `evaluations.reliability.server.AppServer`."""
+    from evaluations.reliability.server import AppServer, ServerOptions
+
+    server = AppServer(ServerOptions(tmp_path_factory.mktemp("hardened") / "data", max_new_tokens=6))
+    server.start()
+    yield server
+    server.stop()

@@ -237,8 +237,10 @@ def test_a_failing_side_fails_the_round(tmp_path):
         play(arena, UserInput(text="q"), ("good", "bad"))
     with pytest.raises(RoundFailed, match="message is empty"):
         play(arena, UserInput(text="  "))
-    failed = [r for r in read_records(tmp_path).records if r["kind"] == "turn" and r["error"]]
-    assert len(failed) == 1 and failed[0]["model"] == "bad" and failed[0]["compare_side"] in "AB"
+    failed = {r["model"]: r for r in read_records(tmp_path).records if r["kind"] == "turn" and r["error"]}
+    assert set(failed) <= {"bad", "good"} and failed["bad"]["compare_side"] in "AB"
+    if "good" in failed:  # stopped half-way when the other side failed: logged as cancelled
+        assert failed["good"]["error_code"] == "cancelled" and failed["good"]["response"] is None
 
 
 def test_spoken_example_round_keeps_the_audio_once(arena_services):
@@ -379,5 +381,5 @@ def test_configured_checkpoints_join_the_compare_systems(monkeypatch, tmp_path):
     settings = AppSettings.from_env(model="some/checkpoint", data_dir=tmp_path)
     assert settings.extra_models == ("./ckpt/llasm-tiny", "org/blsp-7b")
     services = Services.create(settings, pool=EnginePool(lambda spec: FakeEngine(spec)))
-    assert Arena(services).systems == ["some/checkpoint", "micro-blsp", "micro-cascade", "micro-text",
+    assert Arena(services).systems == ["some/checkpoint", "micro-blsp", "micro-cascade", "micro-text", "micro-ctc",
                                        "./ckpt/llasm-tiny", "org/blsp-7b"]

@@ -4,85 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from blsp_demo import judge as J
+from evaluations.reliability.fake_openai import FakeOpenAI
 
 SECRET = "sk-test-DO-NOT-PRINT-1234567890"
 
 
-class FakeServer:
-    """/v1/chat/completions with scripted replies. `script` maps a request to (status, body or
-    reply text, delay_s); by default a gullible grader: it obeys 'ignore the above' in the prompt,
-    else accepts answers that mention Paris."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.auth: list[str] = []
-        self.queue: list[tuple[int, str, float]] = []  # consumed first, one per request
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.requests.append(body)
-                    server.auth.append(self.headers.get("Authorization", ""))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                    status, text, delay = server.queue.pop(0) if server.queue else server.default(body)
-                try:
-                    time.sleep(delay)
-                    payload = (json.dumps({"error": {"message": text}}) if status != 200 else json.dumps({
-                        "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}]})).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    if status == 429:
-                        self.send_header("Retry-After", "0")
-                    self.end_headers()
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    @staticmethod
-    def default(body) -> tuple[int, str, float]:
-        prompt = body["messages"][-1]["content"]
-        if re.search(r"ignore the above", prompt, re.I):
-            return 200, "Told to.\nVerdict: acceptable", 0.0
-        answer = prompt.split("<answer>")[1].split("</answer>")[0]
-        if "paris" in answer.lower():
-            return 200, "Correct: Paris is the capital.\nVerdict: acceptable", 0.0
-        return 200, "That is not the capital of France.\nVerdict: unacceptable", 0.0
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture()
 def server():
-    s = FakeServer()
+    s = FakeOpenAI()
     yield s
     s.close()
 

@@ -46,9 +46,16 @@ def build_demo(services: Services):
 
 
 def launch_options(services: Services, **overrides) -> dict:
-    """Keyword arguments for `demo.launch` (host, port, the folders the UI may serve, styling)."""
+    """Keyword arguments for `demo.launch` (host, port, the folders the UI may serve, the upload
+    size limit, security headers, styling)."""
+    from starlette.middleware import Middleware
+
+    from .web_guard import RejectedUploads, SecurityHeaders
+
+    middleware = [Middleware(SecurityHeaders), Middleware(RejectedUploads, store=services.store)]
     options = dict(server_name=services.settings.host, server_port=services.settings.port,
-                   allowed_paths=services.allowed_paths(), css=CSS, show_error=True)
+                   allowed_paths=services.allowed_paths(), max_file_size=services.settings.max_file_size,
+                   app_kwargs={"middleware": middleware}, css=CSS, show_error=True)
     options.update(overrides)
     return options
 

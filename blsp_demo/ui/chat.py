@@ -39,22 +39,24 @@ class ChatHandlers:
         self.chat = Chat(services)
 
     # outputs of a turn: chatbot, details, status, the input (cleared, or given back on failure), state
-    def chat_text(self, text: str, state: ChatState | None, settings: ChatSettings):
-        yield from self._turn(state, settings, UserInput(text=text or ""), cleared="", sent=text)
+    def chat_text(self, text: str, state: ChatState | None, settings: ChatSettings, request: gr.Request = None):
+        yield from self._turn(state, settings, UserInput(text=text or ""), cleared="", sent=text, request=request)
 
-    def chat_audio(self, audio: str | None, instruction: str, state: ChatState | None, settings: ChatSettings):
+    def chat_audio(self, audio: str | None, instruction: str, state: ChatState | None, settings: ChatSettings,
+                   request: gr.Request = None):
         inp = UserInput(audio=audio or "", instruction=instruction or "")
-        yield from self._turn(state, settings, inp, cleared=None, sent=audio)
+        yield from self._turn(state, settings, inp, cleared=None, sent=audio, request=request)
 
-    def chat_example(self, index: int, instruction: str, state: ChatState | None, settings: ChatSettings):
+    def chat_example(self, index: int, instruction: str, state: ChatState | None, settings: ChatSettings,
+                     request: gr.Request = None):
         ex = self.services.examples[int(index)]
         inp = UserInput(audio=str(ex.audio), instruction=ex.instruction or instruction or "", transcript=ex.text)
-        yield from self._turn(state, settings, inp, cleared=gr.skip(), sent=gr.skip())
+        yield from self._turn(state, settings, inp, cleared=gr.skip(), sent=gr.skip(), request=request)
 
-    def _turn(self, state, settings, inp: UserInput, cleared, sent):
+    def _turn(self, state, settings, inp: UserInput, cleared, sent, request=None):
         state = state or ChatState()
         try:
-            for step in self.chat.answer(state, settings, inp):
+            for step in self.chat.answer(state, settings, inp, client=client_key(request, state)):
                 yield step.history, step.details if step.done else gr.skip(), step.status, cleared, step.state
         except TurnFailed as err:
             # give the input back so the person can fix it; the conversation is as it was
@@ -115,6 +117,13 @@ class ChatHandlers:
         return instruction_text(task, **fields)
 
 
+def client_key(request, state: ChatState | None) -> str | None:
+    """Whom the rate limit counts: the browser tab's or API client's Gradio session (one per
+    `gradio_client.Client`), else the app's session id (handlers called without a request)."""
+    session_hash = getattr(request, "session_hash", None)
+    return f"gradio:{session_hash}" if session_hash else (state.session if state else None)
+
+
 @dataclass
 class ChatTab:
     state: gr.State
@@ -124,7 +133,8 @@ class ChatTab:
 
 def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
     h = ChatHandlers(services)
-    default = ChatSettings(model=services.settings.model)
+    default = ChatSettings(model=services.settings.model,
+                           options=GenerationOptions(max_new_tokens=services.settings.max_new_tokens))
     state = gr.State(None, delete_callback=lambda s: s and services.pool.forget(s.conversation.id))
     settings = gr.State(default)
     with gr.Row(equal_height=False):

@@ -20,7 +20,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from ..compare import CHOICE_WORDS, RANDOM, Arena, CompareState, RoundFailed, RoundProgress, reveal_markdown, revealed
-from .chat import ChatTab
+from .chat import ChatTab, client_key
 from .services import Services
 from .session import ChatSettings, ChatState, UserInput
 
@@ -79,31 +79,34 @@ class CompareHandlers:
         self.ui = ui
 
     # -- asking: browser events show everything; /compare returns the answers and the status
-    def ask_text(self, text: str, chat_state, settings, state, picks):
-        yield from self._round(UserInput(text=text or ""), chat_state, settings, state, picks, clear=self.ui.text)
+    def ask_text(self, text: str, chat_state, settings, state, picks, request: gr.Request = None):
+        yield from self._round(UserInput(text=text or ""), chat_state, settings, state, picks, clear=self.ui.text,
+                               request=request)
 
-    def ask_audio(self, audio: str | None, chat_state, settings, state, picks):
-        yield from self._round(UserInput(audio=audio or ""), chat_state, settings, state, picks, clear=self.ui.mic)
+    def ask_audio(self, audio: str | None, chat_state, settings, state, picks, request: gr.Request = None):
+        yield from self._round(UserInput(audio=audio or ""), chat_state, settings, state, picks, clear=self.ui.mic,
+                               request=request)
 
-    def ask_example(self, index: int, chat_state, settings, state, picks):
+    def ask_example(self, index: int, chat_state, settings, state, picks, request: gr.Request = None):
         ex = self.services.examples[int(index)]
         inp = UserInput(audio=str(ex.audio), instruction=ex.instruction, transcript=ex.text)
-        yield from self._round(inp, chat_state, settings, state, picks)
+        yield from self._round(inp, chat_state, settings, state, picks, request=request)
 
-    def compare(self, audio_or_text, chat_state, settings, state):
+    def compare(self, audio_or_text, chat_state, settings, state, request: gr.Request = None):
         try:
             inp = api_question(audio_or_text)
         except ValueError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        yield from self._round(inp, chat_state, settings, state, (RANDOM, RANDOM), source="api")
+        yield from self._round(inp, chat_state, settings, state, (RANDOM, RANDOM), source="api", request=request)
 
-    def _round(self, inp: UserInput, chat_state, settings, state, picks, clear=None, source="browser"):
+    def _round(self, inp: UserInput, chat_state, settings, state, picks, clear=None, source="browser", request=None):
         # the Chat tab may be answering at the same time: write its state back only when new here
         ui, session = self.ui, ({} if chat_state is not None else {self.ui.chat_state: ChatState()})
         chat_state = chat_state or session[ui.chat_state]
         settings = settings or ChatSettings(model=self.services.settings.model)
+        client = client_key(request, chat_state)
         try:
-            for p in self.arena.ask(state, chat_state.session, settings, inp, picks, source):
+            for p in self.arena.ask(state, chat_state.session, settings, inp, picks, source, client=client):
                 out = {**self._progress(p, full=source != "api", question=question_line(inp)), **session}
                 if p.done and clear is not None:
                     out[clear] = None if clear is ui.mic else ""

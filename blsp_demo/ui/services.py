@@ -12,6 +12,7 @@ from typing import Callable
 
 from ..config import AppSettings
 from ..store import Store
+from .limits import RateLimits, SessionGate
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class Services:
     examples: list[Example] = field(default_factory=list)
     model_choices: list[str] = field(default_factory=list)
     scheduler: object | None = None  # hub_push.DataDirScheduler when pushing to the Hub
+    gate: SessionGate = field(default_factory=SessionGate)  # per-session turn limits (Chat and Compare)
 
     @classmethod
     def create(cls, settings: AppSettings, pool: EnginePool | None = None, hf_api=None) -> "Services":
@@ -122,7 +124,8 @@ class Services:
             scheduler = None
         store = Store(data_dir, lock=scheduler.lock if scheduler is not None else None)
         choices = list(dict.fromkeys([settings.model, *REGISTRY, *settings.extra_models]))
-        return cls(settings, pool or EnginePool(), store, load_examples(), choices, scheduler)
+        gate = SessionGate(RateLimits(turns_per_minute=settings.turns_per_minute))
+        return cls(settings, pool or EnginePool(), store, load_examples(), choices, scheduler, gate)
 
     def allowed_paths(self) -> list[str]:
         """Folders whose files the UI may serve: stored audio and the examples."""

@@ -10,15 +10,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterator
 
 from ..audio import AudioError, probe, sha256_bytes
 from ..config import GenerationOptions, Response
 from ..conversation import Conversation
 from ..store import Deletion, new_id
+from .limits import RateLimited, release_before_last
 from .services import Services, gpu
 
 log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 20_000  # a typed turn or an instruction: about 5k tokens, well inside the context
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: a lone surrogate (JSON can carry "\\ud800"; no encoder or tokenizer
+    takes it) becomes U+FFFD; surrogate pairs sent as two halves are joined."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,10 @@ class UserInput:
     instruction: str = ""
     transcript: str | None = None  # known transcript of the audio (examples); the text engine needs it
 
+    def __post_init__(self):
+        object.__setattr__(self, "text", valid_text(self.text or ""))
+        object.__setattr__(self, "instruction", valid_text(self.instruction or ""))
+
     @property
     def modality(self) -> str:
         return "speech" if self.audio is not None else "text"
@@ -75,6 +89,10 @@ class UserInput:
             raise ValueError("The message is empty: type a question, or record or upload one.")
         if self.audio is not None and not str(self.audio).strip():
             raise AudioError("empty", "No audio arrived: record again or choose a file.")
+        for what, text in (("message", self.text), ("instruction", self.instruction)):
+            if len(text) > MAX_TEXT_CHARS:
+                raise ValueError(f"The {what} is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}. "
+                                 "Shorten it or split it over several turns.")
         return self
 
     def add_to(self, conv: Conversation) -> Conversation:
@@ -106,6 +124,12 @@ class TurnFailed(Exception):
     """A turn could not be answered; the message is for the user, the attempt was logged."""
 
 
+class Cancelled(RuntimeError):
+    """What a turn's record says when its answer was abandoned half-way."""
+
+    code = "cancelled"
+
+
 @gpu
 def generate(engine, conv: Conversation, options: GenerationOptions):
     """The only step that needs the accelerator (a ZeroGPU Space allocates it per call)."""
@@ -128,20 +152,30 @@ class Chat:
         self.services = services
         self.store = services.store
         self.pool = services.pool
+        self.gate = services.gate
 
     # -- answering
     def answer(self, state: ChatState, settings: ChatSettings, inp: UserInput,
-               extra: dict | None = None) -> Iterator[Progress]:
+               extra: dict | None = None, client: str | None = None) -> Iterator[Progress]:
         """Stream the answer to `inp`; log the turn (with the `extra` fields). Raises TurnFailed
-        (after logging the attempt) with the state untouched when the turn cannot be answered."""
+        (after logging the attempt) with the state untouched when the turn cannot be answered.
+        `client` (the browser tab's or API client's session) is admitted by the rate limit first."""
         t0 = time.perf_counter()
         fields = {**self._turn_fields(state, settings, inp), **(extra or {})}
         try:
+            admitted = self.gate.enter(client) if client is not None else None
+        except RateLimited as err:
+            raise TurnFailed(self._log_failure(state, fields, err)) from err
+        # a client that leaves mid-answer closes `_answer`, which logs the turn as cancelled
+        yield from release_before_last(self._answer(state, settings, inp, fields, t0),
+                                       lambda: admitted is not None and self.gate.leave(admitted))
+
+    def _answer(self, state: ChatState, settings: ChatSettings, inp: UserInput, fields: dict,
+                t0: float) -> Iterator[Progress]:
+        try:
             inp.check()
-            shown = None
-            if inp.audio is not None:
-                audio_fields, shown = self._keep_audio(inp.audio, settings.keep_audio, state.session)
-                fields.update(audio_fields)
+            shown = self._take_audio(inp.audio, settings.keep_audio, state.session, fields) \
+                if inp.audio is not None else None
             conv = inp.add_to(state.conversation)
             history = [*state.history, *inp.messages(shown)]
             loading = not self.pool.is_loaded(settings.model)
@@ -153,6 +187,9 @@ class Chat:
                 app_ttft = app_ttft if app_ttft is not None else time.perf_counter() - t0
                 response = chunk.response or response
                 yield Progress([*history, {"role": "assistant", "content": chunk.text}], state, "Answering…")
+        except GeneratorExit:  # the client left mid-answer (or a Compare round stopped this side)
+            self._log_failure(state, fields, Cancelled("The answer was cancelled before it was complete."))
+            raise
         except Exception as err:  # noqa: BLE001 - every failure is logged and shown; the state stays
             raise TurnFailed(self._log_failure(state, fields, err)) from err
         yield self._finish(state, history, conv, fields, response, app_ttft)
@@ -176,24 +213,24 @@ class Chat:
         return {"conversation": state.conversation.id, "turn_index": state.user_turns,
                 "modality": inp.modality, "instruction": inp.instruction.strip() if inp.audio else "",
                 "text": inp.text.strip() if inp.audio is None else "", "transcript": inp.transcript,
-                "audio_sha256": None, "audio_path": None, "audio_kept": None, "audio_duration_s": None,
-                "audio_sample_rate": None, "audio_channels": None, "audio_codec": None,
+                "audio_sha256": None, "audio_name": None, "audio_path": None, "audio_kept": None,
+                "audio_duration_s": None, "audio_sample_rate": None, "audio_channels": None, "audio_codec": None,
                 "model": settings.model, "model_id": None, "revision": None, "engine": None,
                 "options": settings.options.to_dict()}
 
-    def _keep_audio(self, path: str, keep: bool, session: str) -> tuple[dict, str | None]:
-        """Store the audio (when the person agreed) and describe it; returns (fields, path to show)."""
-        from pathlib import Path
-
+    def _take_audio(self, path: str, keep: bool, session: str, fields: dict) -> str | None:
+        """Describe the audio in `fields` (its hash first, so a failure is logged with it), then
+        store it when the person agreed; returns the path to show. Only files that hold audio are
+        stored: anything else was refused by the probe before."""
         if not Path(path).is_file():
             raise AudioError("not_found", "The audio did not arrive on the server; record or upload it again.")
-        digest = sha256_bytes(path)
-        stored = self.store.save_audio(path, session, digest) if keep else None
-        fields = {"audio_sha256": digest, "audio_path": stored.path if stored else None, "audio_kept": keep}
+        fields.update(audio_sha256=sha256_bytes(path), audio_name=Path(path).name, audio_kept=keep)
         info = probe(path)  # AudioError when it is not audio at all
         fields.update(audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
                       audio_channels=info.source_channels, audio_codec=info.codec)
-        return fields, str(self.store.data_dir / stored.path) if stored else None
+        stored = self.store.save_audio(path, session, fields["audio_sha256"]) if keep else None
+        fields.update(audio_path=stored.path if stored else None)
+        return str(self.store.data_dir / stored.path) if stored else None
 
     def _log_failure(self, state: ChatState, fields: dict, err: Exception) -> str:
         user_error = isinstance(err, (ValueError, RuntimeError))  # AudioError, bad input, WeightsError
