@@ -108,19 +108,19 @@ def summarize(out: Path, targets: Targets = Targets(), real_manifest: Path = DAT
     for name, r, limit in (("wer_tts_test_vs_cascade", ratio(tts["blsp"], tts["cascade"]), targets.wer_tts_vs_cascade),
                            ("wer_real_pooled_vs_cascade", ratio(real.get("blsp"), real.get("cascade")),
                             targets.wer_real_vs_cascade)):
-        checks[name] = {"value": r, "target": f"<= {limit}", "met": r is not None and r <= limit}
+        checks[name] = {"value": r, "target": f"<= {limit}", "met": bool(r is not None and r <= limit)}
     q = table.get("questions-dev", {})
     b, c = q.get("blsp:questions-tts:answer_match"), q.get("cascade:questions-tts:answer_match")
     if b and c:
         checks["questions_right"] = {"value": [round(b["score"] * b["n"] / 100), round(c["score"] * c["n"] / 100)],
-                                     "target": "blsp >= cascade", "met": b["score"] >= c["score"]}
+                                     "target": "blsp >= cascade", "met": bool(b["score"] >= c["score"])}
     if rep:
         accs = {k: v["retrieval_accuracy"] for k, v in rep["instructions"].items()}
         cos = {k: v["centered_cosine"] for k, v in rep["instructions"].items()}
         checks["retrieval"] = {"value": accs, "target": f">= {targets.retrieval}",
-                               "met": min(accs.values()) >= targets.retrieval}
+                               "met": bool(min(accs.values()) >= targets.retrieval)}
         checks["centered_cosine"] = {"value": cos, "target": f">= {targets.centered_cosine}",
-                                     "met": min(cos.values()) >= targets.centered_cosine}
+                                     "met": bool(min(cos.values()) >= targets.centered_cosine)}
     return {"table": table, "real_pooled_wer": real, "checks": checks, "targets": asdict(targets)}
 
 

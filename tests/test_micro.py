@@ -73,3 +73,16 @@ def test_a_damaged_adapter_is_refused(tmp_path):
     (folder / "adapter.safetensors").write_bytes(bytes(data))
     with pytest.raises(WeightsError, match="sha256"):
         load_engine(str(folder))
+
+
+@pytest.mark.slow
+@needs_adapter
+def test_micro_ctc_transcribes_with_the_adapters_ctc_head(tts_question):
+    from blsp_demo.config import GenerationOptions
+    from blsp_demo.conversation import Conversation
+    from blsp_demo.loading import load_engine
+
+    engine = load_engine("micro-ctc")
+    assert engine.name == "cascade" and engine.model_id == "micro-ctc"
+    r = engine.respond(Conversation().add_speech(str(tts_question)), GenerationOptions(max_new_tokens=8))
+    assert r.transcript and r.new_tokens > 0  # the CTC head's reading, then the LLM's answer to it

@@ -50,7 +50,7 @@ def _durations(log: list[dict]) -> list[float]:
     return out
 
 
-def render(facts: dict, results_md: str | None) -> str:
+def render(facts: dict, results_md: str | None, note: str | None = None) -> str:
     s2, ws = facts.get("step2", {}), facts.get("warmstart", {})
     lines = [
         "# micro-blsp", "",
@@ -98,6 +98,8 @@ def render(facts: dict, results_md: str | None) -> str:
                      f"{c['kd_weight']} x KL to the LLM reading the transcript + {c.get('ctc_weight', 0)} x the CTC terms, "
                      f"LLM in {c['llm_dtype']}; "
                      f"{s2['wall_s'] / 3600:.2f} h; loss {s2['first']['loss']:.2f} -> {s2['last']['loss']:.2f}.")
+    if note:
+        lines.append(f"- {note.strip()}")
     lines += [f"- Hardware: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads "
               "(2-core CPU, shared with other work during training).", "",
               "![loss](loss.png)", "", "## Results", "",
@@ -111,12 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default="runs/micro")
     p.add_argument("--out", default="blsp_demo/weights/micro-blsp")
     p.add_argument("--results", default=None, help="a markdown file with the measured results")
+    p.add_argument("--note", default=None, help="a markdown file: how this run differed from the one command")
     a = p.parse_args(argv)
     work, out = Path(a.work), Path(a.out)
     facts = training_facts(work)
     results = Path(a.results).read_text() if a.results else None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "README.md").write_text(render(facts, results))
+    note = Path(a.note).read_text() if a.note else None
+    (out / "README.md").write_text(render(facts, results, note))
     (out / "training.json").write_text(json.dumps(facts, indent=1, default=str))
     if (work / "step2" / "loss.png").is_file():
         shutil.copy(work / "step2" / "loss.png", out / "loss.png")
