@@ -45,7 +45,7 @@ class Response:
     new_tokens: int
     options: GenerationOptions
     prefill_tokens: int = 0  # positions this turn actually ran through the LLM before decoding
-    cached_tokens: int = 0  # positions reused from the conversation's KV cache
+    cached_tokens: int = 0  # positions not prefilled: the conversation's KV cache, or the shared system-prompt prefix
     transcript: str | None = None  # what the cascade engine heard
     notices: tuple[str, ...] = ()  # e.g. oldest turns dropped to fit the context
     finish_reason: str = "stop"  # stop | length
