@@ -86,8 +86,9 @@ class WhisperAsr:
 
         out: list[str | None] = [None] * len(clips)
         short = [i for i, s in enumerate(clips) if len(s) <= whisper.audio.N_SAMPLES]
+        long = [i for i, s in enumerate(clips) if len(s) > whisper.audio.N_SAMPLES]
         with torch.inference_mode():
-            for i in (i for i in range(len(clips)) if i not in set(short)):
+            for i in long:
                 out[i] = self.model.transcribe(clips[i], language=self.language, temperature=0.0,
                                                fp16=self.device.type == "cuda",
                                                condition_on_previous_text=False)["text"].strip()
@@ -119,7 +120,7 @@ def ctc_asr(blsp: BlspModel, extractor, tokenizer):
     """A BLSP model's CTC head as a callable ASR (the paper's CTC+LLM baseline): 16 kHz samples ->
     the greedy CTC transcript over the LLM's own tokens."""
     from .model.ctc import greedy_classes
-    from .model.encoder import encode_features, log_mel
+    from .model.encoder import log_mel
 
     if getattr(blsp, "ctc", None) is None:
         raise ValueError("this BLSP model has no CTC head (speech_compression is 'none')")
@@ -127,11 +128,9 @@ def ctc_asr(blsp: BlspModel, extractor, tokenizer):
 
     def transcribe(samples) -> str:
         with torch.inference_mode():
-            window = blsp.config.encoder_window
-            features, frames = log_mel(extractor, samples[: 30 * 16000], window)
-            states, lengths = encode_features(blsp.whisper_model, features.to(weight.device, weight.dtype),
-                                              frames.to(weight.device), window)
-            x, n = blsp.adapt(states, lengths, compress=False)  # (1, S, d)
+            features, frames = log_mel(extractor, samples[: 30 * 16000], blsp.config.encoder_window)
+            x, n = blsp.speech_embeddings(features.to(weight.device, weight.dtype), frames.to(weight.device),
+                                          compress=False)  # (1, S, d): every adapter frame, none selected
             best = blsp.ctc.logits(x[:, : int(n[0])], blsp.llama_model.get_input_embeddings().weight).argmax(-1)[0]
         return tokenizer.decode([blsp.ctc.token_id(c) for c in greedy_classes(best)]).strip()
 

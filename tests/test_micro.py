@@ -49,14 +49,19 @@ needs_adapter = pytest.mark.skipif(not (SHIPPED / "adapter.safetensors").is_file
 
 @pytest.mark.slow
 @needs_adapter
-def test_shipped_micro_blsp_answers_speech(tts_question):
+def answer_spoken(spec: str, question, max_new_tokens: int):
+    """The engine of `spec` and its answer to one spoken question."""
     from blsp_demo.config import GenerationOptions
     from blsp_demo.conversation import Conversation
     from blsp_demo.loading import load_engine
 
-    engine = load_engine("micro-blsp")
+    engine = load_engine(spec)
+    return engine, engine.respond(Conversation().add_speech(str(question)), GenerationOptions(max_new_tokens=max_new_tokens))
+
+
+def test_shipped_micro_blsp_answers_speech(tts_question):
+    engine, r = answer_spoken("micro-blsp", tts_question, 16)
     assert engine.name == "blsp" and engine.window == "trimmed"
-    r = engine.respond(Conversation().add_speech(str(tts_question)), GenerationOptions(max_new_tokens=16))
     assert r.new_tokens > 0 and r.text.strip()
 
 
@@ -78,11 +83,6 @@ def test_a_damaged_adapter_is_refused(tmp_path):
 @pytest.mark.slow
 @needs_adapter
 def test_micro_ctc_transcribes_with_the_adapters_ctc_head(tts_question):
-    from blsp_demo.config import GenerationOptions
-    from blsp_demo.conversation import Conversation
-    from blsp_demo.loading import load_engine
-
-    engine = load_engine("micro-ctc")
+    engine, r = answer_spoken("micro-ctc", tts_question, 8)
     assert engine.name == "cascade" and engine.model_id == "micro-ctc"
-    r = engine.respond(Conversation().add_speech(str(tts_question)), GenerationOptions(max_new_tokens=8))
     assert r.transcript and r.new_tokens > 0  # the CTC head's reading, then the LLM's answer to it

@@ -124,12 +124,12 @@ class BlspModel(PreTrainedModel):
                                  soft=self.config.speech_compression == "ctc-soft",
                                  sharpness=self.config.ctc_sharpness)
 
-    def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor,
-                          window: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor, window: str | None = None,
+                          compress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features (B, n_mels, 3000) with real-frame counts (B,) -> (B, S, d_llm), (B,)."""
         encoded, lengths = encode_features(self.whisper_model, features, frames,
                                            window or self.config.encoder_window)
-        return self.adapt(encoded, lengths)
+        return self.adapt(encoded, lengths, compress)
 
     # ---- LLM inputs ----------------------------------------------------------------------
     def embed_with_speech(self, input_ids: torch.Tensor, speech_frames: torch.Tensor | None) -> torch.Tensor:
