@@ -207,6 +207,6 @@ def test_browser_compare_round_with_a_vote(live_app):
     assert vote.items() >= {"choice": "A", "reason": "names the city", "modality": "speech", "drawn": "random",
                             "question": "What is the capital of France?"}.items()
     assert vote["winner"] == vote["model_a"] and {vote["model_a"], vote["model_b"]} <= {"micro-cascade", "micro-text",
-                                                                                         "micro-blsp"}
+                                                                                         "micro-blsp", "micro-ctc"}
     assert [t["response"].strip() for t in vote["turns"]] == [a_text, b_text]
     assert not [e for e in errors if "favicon" not in e], errors
