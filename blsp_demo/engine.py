@@ -14,6 +14,7 @@ The one thing conversations share is the KV cache of the prompt's conversation-i
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import OrderedDict
@@ -192,6 +193,10 @@ class ChatEngine:
         self._max_cached = max_cached_conversations
         self.prefixes = PrefixCaches(max_shared_prefixes) if share_prefix else None
         self.stop_ids = self._stop_ids()
+        # Only the last position's logits are needed (a 24-position prefill would otherwise compute
+        # 24 x vocab logits); LLMs whose forward lacks the argument (remote code) compute them all.
+        self._last_logits_only = ({"logits_to_keep": 1} if "logits_to_keep" in
+                                  inspect.signature(self.llm.forward).parameters else {})
 
     # ---- per-conversation caches -----------------------------------------------------------
     def cache_for(self, conv_id: str) -> ChatCache:
@@ -287,7 +292,7 @@ class ChatEngine:
         positions = torch.arange(start, start + len(ids), device=self.device)[None]
         attn = torch.ones(1, mask_len, dtype=torch.long, device=self.device)
         out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=positions,
-                       past_key_values=past, use_cache=True)
+                       past_key_values=past, use_cache=True, **self._last_logits_only)
         return out.logits[:, -1], out.past_key_values
 
     def _new_cache(self):

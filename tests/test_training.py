@@ -219,3 +219,47 @@ def test_soft_embeddings_are_expected_token_embeddings():
     vectors.requires_grad_(True)
     head.soft_embeddings(vectors, table, sharpness=4.0).sum().backward()
     assert vectors.grad is not None and vectors.grad.abs().sum() > 0  # step 2 trains through it
+
+
+def test_ctc_head_caches_its_token_rows_until_the_table_or_vocabulary_changes():
+    import torch.nn.functional as F
+
+    from blsp_demo.model.ctc import CtcSelector
+
+    torch.manual_seed(0)
+    head = CtcSelector(8, vocab_size=4)
+    head.set_vocab([1, 3, 4, 6])
+    table = torch.randn(7, 8)
+    frames = torch.randn(1, 5, 8)
+
+    def reference(frames, table):  # the head's definition, computed from scratch
+        keys = torch.cat([F.normalize(head.blank, dim=-1)[None], F.normalize(table[head.vocab], dim=-1)])
+        return head.log_scale.exp() * F.normalize(frames, dim=-1) @ keys.T
+
+    assert torch.allclose(head.logits(frames, table), reference(frames, table), atol=1e-6)
+    with torch.no_grad():
+        table.mul_(-1.0)  # in place: the cached rows must not be used any more
+    assert torch.allclose(head.logits(frames, table), reference(frames, table), atol=1e-6)
+    head.set_vocab([0, 2, 5, 6])
+    assert torch.allclose(head.logits(frames, table), reference(frames, table), atol=1e-6)
+    with torch.inference_mode():  # rows cached under inference mode are not reused for training
+        head.logits(frames, table)
+    frames.requires_grad_(True)
+    head.logits(frames, table).sum().backward()
+    assert frames.grad is not None and head.blank.grad is not None
+
+
+def test_soft_embeddings_ignore_probabilities_that_underflow():
+    """Sharp logits over a big table leave most probabilities as fp32 denormals (x86 matmuls on them
+    are ~40x slower); those are zeroed, which changes the result by less than fp32 rounding."""
+    from blsp_demo.model.ctc import CtcSelector
+
+    torch.manual_seed(0)
+    head = CtcSelector(16)
+    table = torch.randn(3000, 16)
+    vectors = 5 * torch.randn(1, 7, 16)
+    got = head.soft_embeddings(vectors, table, sharpness=8.0)
+    probs = (8.0 * head.logits(vectors, table)[..., 1:]).double().softmax(-1)
+    exact = probs @ table.double()
+    assert (probs < 1e-12).float().mean() > 0.5  # the case the zeroing is for
+    assert torch.allclose(got.double(), exact, atol=1e-6)
