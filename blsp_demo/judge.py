@@ -7,7 +7,8 @@
 Backends are registered by name (`BACKENDS`): `openai` talks to any OpenAI-compatible server
 (OpenAI, vLLM, llama.cpp's server, Ollama) through the `openai` SDK with a timeout, bounded
 retries with exponential backoff on 429 / 5xx / timeouts, and bounded concurrency
-(`Judge.judge_many`); `local` runs a transformers causal LM and picks the likelier verdict.
+(`Judge.judge_many`); `local` runs a transformers causal LM and picks the likelier verdict; `llama-server` starts
+llama.cpp's OpenAI-compatible server on loopback with the bundled GGUF and talks to it like `openai`.
 
 The question and the answer are untrusted text (the answer comes from the model under test): they
 go inside tags that the text itself can never close (tag look-alikes in it are neutralized), the
@@ -33,7 +34,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -149,6 +150,9 @@ def accept_messages(question: str, answer: str, references: Sequence[str] = ()) 
 _VERDICT_LINE = re.compile(r"^\W*(?:final\s+)?verdict\W*\s*[:=-]?\s*\W*(not acceptable|unacceptable|acceptable|accept|reject)\b",
                            re.IGNORECASE)
 _BARE = re.compile(r"^\W*(not acceptable|unacceptable|acceptable)\W*$", re.IGNORECASE)
+# A whole line that states it plainly, as small judges do ("The answer is acceptable.").
+_STATEMENT = re.compile(r"^\W*(?:the\s+)?(?:assistant'?s\s+)?answer\s+is\s+(not acceptable|unacceptable|acceptable)\W*$",
+                        re.IGNORECASE)
 _WORD = {"acceptable": "accept", "accept": "accept", "unacceptable": "reject", "not acceptable": "reject",
          "reject": "reject"}
 
@@ -160,8 +164,8 @@ def _squash(text: str) -> str:
 def parse_verdict(reply: str, untrusted: Sequence[str] = ()) -> tuple[str | None, str]:
     """(accept | reject | None, reason) from a judge's reply.
 
-    Counts a JSON object with a `verdict`, or lines 'Verdict: ...', or a reply that is only the
-    word; lines that repeat the untrusted text are skipped, and verdicts that disagree give None.
+    Counts a JSON object with a `verdict`, or lines 'Verdict: ...', or a line that is only the
+    word or only 'The answer is (not) acceptable.'; lines that repeat the untrusted text are skipped, and verdicts that disagree give None.
     """
     reply = (reply or "").strip()
     echoed = [_squash(t) for t in untrusted if t]
@@ -173,7 +177,7 @@ def parse_verdict(reply: str, untrusted: Sequence[str] = ()) -> tuple[str | None
         squashed = _squash(line)
         if len(squashed.split()) >= 2 and any(squashed in e for e in echoed):
             continue  # the reply quotes the answer (which may carry a forged verdict)
-        m = _VERDICT_LINE.match(line) or _BARE.match(line)
+        m = _VERDICT_LINE.match(line) or _BARE.match(line) or _STATEMENT.match(line)
         if m:
             found.append(_WORD[m.group(1).lower()])
         elif line.strip():
@@ -384,7 +388,14 @@ class LocalBackend:
         return best, f"{options[best]}\n(log-probabilities {detail})"
 
 
-BACKENDS = {"openai": OpenAIBackend, "local": LocalBackend}
+def _llama_server_backend(**kw):
+    """llama.cpp's OpenAI-compatible server on loopback with the bundled GGUF (`judge_server`)."""
+    from .judge_server import LlamaServerBackend
+
+    return LlamaServerBackend(**kw)
+
+
+BACKENDS = {"openai": OpenAIBackend, "local": LocalBackend, "llama-server": _llama_server_backend}
 
 
 # ---- cache --------------------------------------------------------------------------------------
@@ -464,7 +475,7 @@ class Judge:
             return self._unjudged(f"judge failed ({type(err).__name__})", flags=flags)
         verdict, reason = parse_verdict(raw, untrusted=(question, answer))
         if verdict is None:
-            return self._unjudged(reason, raw, flags)
+            return replace(self._unjudged(reason, raw, flags), cached=cached)
         return Judgement(verdict, reason, self.model, PROMPT_VERSION, raw, cached, tuple(flags))
 
     def _reply(self, messages: list[dict]) -> tuple[str, bool]:

@@ -89,7 +89,7 @@ def _pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m evaluations.judge_logs", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--judge", choices=("auto", "openai", "local"), default="auto",
+    p.add_argument("--judge", choices=("auto", "openai", "llama-server", "local"), default="auto",
                    help="auto: openai when JUDGE_MODEL / OPENAI_* is set, else the local model")
     p.add_argument("--judge-cache", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="judge at most N turns")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         from blsp_demo.judge import PROMPT_VERSION, Judge, JudgeError, backend_kind
 
         kind = backend_kind(None if a.judge == "auto" else a.judge)
-        limits = dict(timeout_s=a.timeout, max_retries=a.retries, deadline_s=a.deadline) if kind == "openai" else {}
+        limits = dict(timeout_s=a.timeout, max_retries=a.retries, deadline_s=a.deadline) if kind in ("openai", "llama-server") else {}
         try:
             judge = Judge.from_env(kind, **({"cache_dir": a.judge_cache} if a.judge_cache else {}), **limits)
         except JudgeError as err:

@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", type=Path, default=Path("runs/micro"), help="the training run (its corpus test split)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--test-limit", type=int, default=300, help="TTS test clips")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-representation", action="store_true")
     a = p.parse_args(argv)
     set_threads()

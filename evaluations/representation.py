@@ -14,8 +14,9 @@ speech (adapter output) in the prompt, and with the transcript in its place. Rep
   among the N items (chance 1/N)?
 - the instruction-vs-instruction matrix: mean centered cosine of speech under instruction a with
   the same item's transcript under instruction b (a BLSP-aligned model keeps the diagonal high);
-- a 2-D picture like the paper's Figures 1 and 3: a PCA projection with numpy (the paper uses
-  t-SNE; scikit-learn is not a dependency here), coloured by instruction, marked by modality.
+- a 2-D picture like the paper's Figures 1 and 3: t-SNE (scikit-learn, as the paper) beside a PCA
+  projection (linear, so distances are comparable across runs), coloured by instruction, marked
+  by modality.
 
 Needs a BLSP engine (`load_engine(SPEC, "blsp")`): it uses `engine.plan` and the LLM's forward
 with `output_hidden_states`. `--fresh-adapter` measures the micro layout with an untrained adapter
@@ -128,25 +129,35 @@ def collect_states(engine, items: list[dict], instructions: dict[str, str] = INS
 
 
 # ---- outputs ------------------------------------------------------------------------------------------
+def tsne_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """t-SNE of the rows of x (cosine distances, perplexity capped for small sets), seeded."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    return TSNE(n_components=2, metric="cosine", init="pca", perplexity=perplexity,
+                random_state=seed).fit_transform(x.astype(np.float64))
+
+
 def plot(speech: dict[str, np.ndarray], text: dict[str, np.ndarray], path: Path, title: str) -> None:
+    """t-SNE (left, as the paper's Figures 1 and 3) and PCA (right) of every state."""
     from matplotlib.figure import Figure
 
     names = list(speech)
-    allx = np.concatenate([np.concatenate([speech[k], text[k]]) for k in names])
-    xy = pca_2d(allx)
-    fig = Figure(figsize=(6.5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    start = 0
-    for i, name in enumerate(names):
-        n = len(speech[name])
-        color = f"C{i}"
-        ax.scatter(*xy[start:start + n].T, c=color, marker="o", s=18, label=f"{name} / speech")
-        ax.scatter(*xy[start + n:start + 2 * n].T, c=color, marker="x", s=18, label=f"{name} / text")
-        start += 2 * n
-    ax.set_title(title, fontsize=10)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
-    ax.legend(fontsize=7, ncol=2)
+    allx = np.concatenate([np.concatenate([speech[k], text[k]]) for k in names])  # (2 x items x instructions, d)
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    for col, (label, xy) in enumerate((("t-SNE", tsne_2d(allx)), ("PCA", pca_2d(allx)))):
+        ax = fig.add_subplot(1, 2, col + 1)
+        start = 0
+        for i, name in enumerate(names):
+            n = len(speech[name])
+            color = f"C{i}"
+            ax.scatter(*xy[start:start + n].T, c=color, marker="o", s=18, label=f"{name} / speech")
+            ax.scatter(*xy[start + n:start + 2 * n].T, c=color, marker="x", s=18, label=f"{name} / text")
+            start += 2 * n
+        ax.set_title(f"{title} ({label})", fontsize=10)
+        ax.set_xlabel(f"{label} 1")
+        ax.set_ylabel(f"{label} 2")
+        ax.legend(fontsize=7, ncol=2)
     fig.savefig(path, dpi=120)
 
 
@@ -163,7 +174,8 @@ def markdown(report: dict, model: str) -> str:
               "| speech \\ text | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for name, row in zip(names, report["instruction_matrix"]["centered"]):
         lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in row) + " |")
-    lines += ["", "The picture (`representation.png`) is a PCA projection (numpy), not t-SNE.", ""]
+    lines += ["", "The picture (`representation.png`): t-SNE (left, as the paper) and PCA (right) of every state; "
+              "o = speech, x = transcript, one colour per instruction.", ""]
     return "\n".join(lines)
 
 
@@ -211,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     command = (f"python -m evaluations.representation --manifest {a.manifest} --n {a.n} --out {a.out} "
                + ("--fresh-adapter" if a.fresh_adapter else f"--model {a.model}"))
     (a.out / "representation.md").write_text(markdown(report, label) + f"\nMade with:\n\n```\n{command}\n```\n")
-    plot(speech, text, a.out / "representation.png", f"{label}: last prompt token (PCA)")
+    plot(speech, text, a.out / "representation.png", f"{label}: last prompt token")
     print(markdown(report, label))
 
 

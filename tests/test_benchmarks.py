@@ -181,3 +181,23 @@ def test_decode_probes_run_on_a_tiny_llm(engine):
     assert probes.decode_step_ms(llm, batch=2, context=8) > 0
     assert probes.prefill_ms(llm, 8) > 0
     assert probes.static_step_ms(llm, compiled=False) > 0
+
+
+@pytest.mark.slow
+def test_quick_benchmark_on_the_shipped_micro_blsp(tmp_path):
+    """`python -m evaluations.benchmarks --quick` as the README gives it, on the real weights and the
+    trained adapter: it runs in CI's environment and ends with the summary line (no timing asserted)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "BLSP_THREADS": os.environ.get("BLSP_THREADS", "2"), "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "evaluations.benchmarks", "--quick", "--out", str(tmp_path)],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert FINAL.match(last), done.stdout[-2000:]
+    assert all(float(v.split("=")[1]) > 0 for v in last.split())
+    assert "micro-blsp (" in done.stdout + done.stderr  # the trained adapter, not the random-adapter fallback

@@ -306,6 +306,18 @@ def test_representation_measures_by_hand():
     assert REP.pca_2d(np.random.default_rng(0).normal(size=(10, 5))).shape == (10, 2)
 
 
+def test_tsne_keeps_two_directions_apart_and_is_seeded():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 16)) * 0.1 + np.eye(16)[0] * 3  # two groups by direction (cosine metric)
+    b = rng.normal(size=(12, 16)) * 0.1 + np.eye(16)[1] * 3
+    xy = REP.tsne_2d(np.concatenate([a, b]))
+    assert xy.shape == (24, 2)
+    within = np.linalg.norm(xy[:12] - xy[:12].mean(0), axis=1).mean()
+    between = np.linalg.norm(xy[:12].mean(0) - xy[12:].mean(0))
+    assert between > 3 * within
+    assert np.allclose(xy, REP.tsne_2d(np.concatenate([a, b])))
+
+
 def test_representation_on_a_tiny_blsp_engine(tmp_path, official_checkpoint):
     from blsp_demo.loading import load_engine
 

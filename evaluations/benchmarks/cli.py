@@ -31,7 +31,7 @@ QUESTION = "Could you tell me what the capital of France is, and why it matters?
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluations.benchmarks", description=__doc__)
-    p.add_argument("--quick", action="store_true", help="one repetition, short replies, 4 questions (a minute or two)")
+    p.add_argument("--quick", action="store_true", help="one repetition, short replies, 8 questions in one batch (a minute or two)")
     p.add_argument("--model", default="micro-blsp", help="micro-blsp (default), paper-shape, or a BLSP folder / Hub id")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best there is)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: by device)")

@@ -45,10 +45,10 @@ class Settings:
         return self.official_turns is None or turn in self.official_turns
 
 
-QUICK = Settings("quick", reps=1, question_reps=1, turns=10, chat_tokens=8, question_tokens=16, batch_n=4,
-                 batch_size=4, batch_tokens=8, copy_mib=256, official_turns=(1, 10), full_window_engine=False)
+QUICK = Settings("quick", reps=1, question_reps=1, turns=10, chat_tokens=8, question_tokens=16, batch_n=8,
+                 batch_size=8, batch_tokens=8, copy_mib=256, official_turns=(1, 10), full_window_engine=False)
 FULL = Settings("full", reps=3, question_reps=5, turns=10, chat_tokens=16, question_tokens=64, batch_n=50,
-                batch_size=10, batch_tokens=32, copy_mib=512, profile=True)
+                batch_size=25, batch_tokens=32, copy_mib=512, profile=True)
 
 
 @dataclass(frozen=True)
