@@ -102,16 +102,19 @@ class LlamaServer:
         deadline = time.monotonic() + self.options.start_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServerError(f"llama.cpp's server exited with code {self.proc.returncode}:\n{self.log_tail()}")
+                self._fail(f"llama.cpp's server exited with code {self.proc.returncode}")
             try:
                 with urllib.request.urlopen(f"{self.url}/models", timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 time.sleep(0.25)
+        self._fail(f"llama.cpp's server was not ready within {self.options.start_timeout_s:g} s")
+
+    def _fail(self, why: str) -> None:
+        tail = self.log_tail()  # read before close() removes the log
         self.close()
-        raise ServerError(f"llama.cpp's server was not ready within {self.options.start_timeout_s:g} s:\n"
-                          f"{self.log_tail()}")
+        raise ServerError(f"{why}:\n{tail}")
 
     def log_tail(self, n: int = 15) -> str:
         if self.log_path is None or not self.log_path.is_file():

@@ -33,9 +33,10 @@ def test_a_bad_model_file_fails_fast_with_the_servers_words(tmp_path):
     bad = tmp_path / "not-a-model.gguf"
     bad.write_bytes(b"this is not a gguf file")
     t0 = time.monotonic()
-    with pytest.raises(ServerError, match="exited with code"):
+    with pytest.raises(ServerError, match="exited with code") as err:
         LlamaServer(ServerOptions(gguf=bad, threads=1, start_timeout_s=60)).start()
     assert time.monotonic() - t0 < 60
+    assert len(str(err.value).splitlines()) > 1  # the server's own last log lines come with it
 
 
 @pytest.mark.slow
