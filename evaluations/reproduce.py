@@ -1,7 +1,7 @@
 """All the tables on the shipped sets in one command (the paper's Table 2 / Table 3 layout).
 
     python -m evaluations.data.make_sets [--pocketsphinx-sdist pocketsphinx-5.1.1.tar.gz]
-    python -m evaluations.reproduce --model micro-blsp --out evaluations/results [--judge local]
+    python -m evaluations.reproduce --model micro-blsp --out evaluations/results [--judge llama-server]
 
 Runs `evaluations.run` on each manifest of evaluations/data (asr, real, st, slu, qa; a missing one
 is skipped) into OUT/<set>/, then joins the tables into OUT/README.md. Resumable like each run.
