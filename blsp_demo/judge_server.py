@@ -149,7 +149,16 @@ class LlamaServerBackend:
         self.params = self._openai.params
 
     def complete(self, messages: list[dict]) -> str:
-        return self._openai.complete(messages)
+        from .judge import JudgeError
+
+        try:
+            return self._openai.complete(messages)
+        except JudgeError:
+            proc = self.server.proc
+            if proc is not None and proc.poll() is not None:  # say why, not just "connection error"
+                raise JudgeError(f"llama.cpp's server died (exit code {proc.returncode}); its last lines:\n"
+                                 f"{self.server.log_tail()}") from None
+            raise
 
     def close(self) -> None:
         self.server.close()

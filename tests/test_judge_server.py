@@ -64,3 +64,16 @@ def test_judge_through_llama_cpp_server_on_loopback(tmp_path):
     finally:
         judge.backend.close()
     assert server.proc.poll() is not None  # closed: the process is gone
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_makes_rows_unjudged_with_the_reason(tmp_path):
+    judge = J.Judge.from_env("llama-server", cache_dir=tmp_path / "cache", timeout_s=10, max_retries=1,
+                             backoff_s=0.1, deadline_s=30)
+    try:
+        judge.backend.server.proc.kill()
+        judge.backend.server.proc.wait()
+        out = judge.judge(Q, "The capital of France is Paris.")
+    finally:
+        judge.backend.close()
+    assert out.verdict == "unjudged" and "server died" in out.reason and out.raw is None
