@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -457,8 +457,8 @@ class Judge:
     def model(self) -> str:
         return self.backend.model
 
-    def _unjudged(self, reason: str, raw: str | None = None, flags=()) -> Judgement:
-        return Judgement("unjudged", reason, self.model, PROMPT_VERSION, raw, flags=tuple(flags))
+    def _unjudged(self, reason: str, raw: str | None = None, flags=(), cached: bool = False) -> Judgement:
+        return Judgement("unjudged", reason, self.model, PROMPT_VERSION, raw, cached, tuple(flags))
 
     def judge(self, question: str, answer: str, references: Sequence[str] = ()) -> Judgement:
         if not (question or "").strip():
@@ -475,7 +475,7 @@ class Judge:
             return self._unjudged(f"judge failed ({type(err).__name__})", flags=flags)
         verdict, reason = parse_verdict(raw, untrusted=(question, answer))
         if verdict is None:
-            return replace(self._unjudged(reason, raw, flags), cached=cached)
+            return self._unjudged(reason, raw, flags, cached)
         return Judgement(verdict, reason, self.model, PROMPT_VERSION, raw, cached, tuple(flags))
 
     def _reply(self, messages: list[dict]) -> tuple[str, bool]:

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import weakref
@@ -40,6 +41,7 @@ class ServerOptions:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the servers and tests of this project bind to it)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -86,8 +88,6 @@ class LlamaServer:
             raise ServerError("llama.cpp's server is not installed: pip install 'llama-cpp-python[server]==0.3.36'") \
                 from None
         port = self.options.port or free_port(self.options.host)
-        import tempfile
-
         fd, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
         self.log_path = Path(name)
         with os.fdopen(fd, "wb") as log:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from blsp_demo.judge import BACKENDS
 from blsp_demo.metrics import accept_rate, cohen_kappa, confusion_matrix
 from blsp_demo.store import Store, answers_frame, live_records, question_of, read_records
 
@@ -89,7 +90,7 @@ def _pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m evaluations.judge_logs", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, required=True)
-    p.add_argument("--judge", choices=("auto", "openai", "llama-server", "local"), default="auto",
+    p.add_argument("--judge", choices=("auto", *BACKENDS), default="auto",
                    help="auto: openai when JUDGE_MODEL / OPENAI_* is set, else the local model")
     p.add_argument("--judge-cache", type=Path, default=None)
     p.add_argument("--limit", type=int, default=None, help="judge at most N turns")

@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from blsp_demo.judge import BACKENDS
+
 from . import run as R
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sets", default=",".join(name for name, _ in SETS))
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--judge", choices=("auto", "openai", "llama-server", "local", "none"), default="auto")
+    p.add_argument("--judge", choices=("auto", *BACKENDS, "none"), default="auto")
     a = p.parse_args(argv)
     wanted = a.sets.split(",")
     timings = {}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from blsp_demo.judge_server import free_port  # noqa: F401 - tests import it from here
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -42,12 +44,6 @@ def tts_question(tmp_path_factory) -> Path:
 
 
 # ---- the real app (issue 3): in-process on the offline default model --------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

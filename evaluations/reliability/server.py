@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blsp_demo.judge_server import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "micro-cascade"  # the offline default: Whisper base + SmolLM2-135M-Instruct
 FAKE_OPENAI_KEY = "sk-PLANTED-openai-0123456789abcdefPLANTED"  # recognizable, never valid
 FAKE_HF_TOKEN = "hf_PLANTEDhubtoken0123456789abcdefPLANTED"
 PLANTED_SECRETS = (FAKE_OPENAI_KEY, FAKE_HF_TOKEN)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
