@@ -3,7 +3,7 @@
     python app.py [--host H] [--port P] [--model SPEC] [--data-dir DIR]
 
 Settings also come from the environment (BLSP_MODEL, BLSP_DATA_DIR, HF_DATASET_REPO, ...; see
-`blsp_demo.config.AppSettings`). The page is up at once; the model loads in the background and the
+`blsp_demo.app.settings.AppSettings`). The page is up at once; the model loads in the background and the
 first question waits for it.
 """
 
@@ -13,8 +13,8 @@ import argparse
 import logging
 import os
 
-from blsp_demo.config import AppSettings
-from blsp_demo.devices import set_threads
+from blsp_demo.app.settings import AppSettings
+from blsp_demo.weights.devices import set_threads
 from blsp_demo.ui import Services, build_demo, launch_options
 
 

@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from .config import DEFAULT_MODEL, GenerationOptions
+from blsp_demo.engine.registry import DEFAULT_MODEL
+from blsp_demo.options import GenerationOptions
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -72,10 +73,10 @@ def run_turns(engine, conv, turns, options, as_json: bool) -> int:
 
 
 def cmd_chat(args) -> int:
-    from .audio import AudioError
-    from .conversation import Conversation
-    from .loading import load_engine
-    from .sources import WeightsError
+    from blsp_demo.audio import AudioError
+    from blsp_demo.conversation import Conversation
+    from blsp_demo.engine.loading import load_engine
+    from blsp_demo.weights.sources import WeightsError
 
     if not args.audio and not args.text:
         print("error: give --audio FILE and/or --text TEXT", file=sys.stderr)
@@ -100,7 +101,7 @@ def _default_model() -> str:
 
 
 def cmd_record(args) -> int:
-    from .recording import RecordingError, list_input_devices, record_to_wav
+    from blsp_demo.recording import RecordingError, list_input_devices, record_to_wav
 
     try:
         if args.list_devices:
@@ -115,7 +116,7 @@ def cmd_record(args) -> int:
 
 
 def cmd_models(_args) -> int:
-    from .loading import REGISTRY
+    from blsp_demo.engine.registry import REGISTRY
 
     for name, entry in REGISTRY.items():
         print(f"{name:15s} {entry.system:8s} {entry.description}")
@@ -124,7 +125,7 @@ def cmd_models(_args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .devices import set_threads
+    from blsp_demo.weights.devices import set_threads
 
     set_threads()
     return {"chat": cmd_chat, "record": cmd_record, "models": cmd_models}[args.command](args)

@@ -7,7 +7,6 @@ that person (what was wrong, what to do); problems with the installation (no ffm
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Iterator, Union
 
 import numpy as np
+
+from blsp_demo.vocab import AUDIO_ERROR_CODES
 import soundfile as sf
 
 SAMPLE_RATE = 16000  # Whisper's input rate
@@ -40,7 +41,7 @@ class AudioError(ValueError):
     `code` says which check failed, so callers can branch without parsing the message.
     """
 
-    CODES = ("empty", "too_short", "silent", "nonfinite", "unreadable", "too_long", "not_found")
+    CODES = AUDIO_ERROR_CODES
 
     def __init__(self, code: str, message: str):
         if code not in self.CODES:
@@ -163,17 +164,6 @@ def split_windows(samples: np.ndarray, seconds: float = CHUNK_SECONDS) -> list[n
 
 def duration_s(samples: np.ndarray) -> float:
     return len(samples) / SAMPLE_RATE
-
-
-def sha256_bytes(source: PathLike | bytes) -> str:
-    """Hex sha256 of a file's content (or of bytes): the name audio is stored under."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return hashlib.sha256(source).hexdigest()
-    digest = hashlib.sha256()
-    with open(source, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def probe(source: PathLike | bytes) -> AudioInfo:

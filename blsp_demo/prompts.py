@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Union
 
-from .conversation import Conversation, Turn
+from blsp_demo.conversation import Conversation, Turn
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,8 @@ class PromptTemplate:
     instruction_sep: str  # between an instruction and the speech/transcript after it
     join_instruction_to_prefix: bool  # official BLSP tokenizes "###[Human]:{instruction}" as one piece
     stop_strings: tuple[str, ...]  # besides the tokenizer's EOS
-    # LLaSM's tokenization rules (`blsp_demo.llasm_engine`); the other templates leave them off:
+    tokenization: str = "pieces"  # how pieces become ids: a key of `engine.plan.PLANNERS`
+    # LLaSM's tokenization rules (`blsp_demo.engine.llasm`); the other templates leave them off:
     system_repeated: bool = False  # the system text also comes first, alone (LLaSM's Llama-2 code does both)
     user_turn_one_call: bool = False  # a whole user turn, BOS and speech included, is one tokenizer call
 
@@ -61,14 +62,14 @@ TEMPLATES: dict[str, PromptTemplate] = {
 # LLaSM (LinkSoul-AI/LLaSM `infer_tokenize.py`). Chinese-Llama-2: llama2-inst, with the system text
 # both first on its own and inside the first [INST], and each human turn encoded in one call.
 TEMPLATES["llasm-llama2"] = replace(TEMPLATES["llama2-inst"], name="llasm-llama2", system_repeated=True,
-                                    user_turn_one_call=True)
+                                    user_turn_one_call=True, tokenization="llasm-calls")
 # Baichuan-7B: BOS, the system text, then `USER:` / `ASSISTANT:` role prefixes with no separators;
 # every part is its own tokenizer call; a reply ends with `</s>`.
 TEMPLATES["baichuan"] = PromptTemplate(
     name="baichuan", bos_at_start=True, bos_per_user_turn=False,
     system_default=TEMPLATES["llama2-inst"].system_default, system_format="{system}", system_inline=False,
     user_prefix="USER:", user_suffix="ASSISTANT:", assistant_suffix="</s>",
-    instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=("USER:",),
+    instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=("USER:",), tokenization="llasm-calls",
 )
 
 # The paper's task instructions (Table 1 and Table 11), as presets.
@@ -101,6 +102,7 @@ def get_template(name: str) -> PromptTemplate:
 @dataclass(frozen=True)
 class Text:
     text: str
+    user: bool = False  # what a person (or an ASR) wrote: tokenized as plain text, never as control tokens
 
 
 @dataclass(frozen=True)
@@ -126,19 +128,19 @@ def _user_pieces(tpl: PromptTemplate, turn: Turn, index: int, content: str | Non
     """One user turn. `content` replaces the speech by text (cascade/text engines) when given."""
     prefix = tpl.user_prefix + system
     pieces: list[Piece] = [Bos()] if tpl.bos_per_user_turn else []
-    speech = turn.audio is not None and content is None
-    body = turn.text if not turn.audio else content
+    speech = turn.clip is not None and content is None
+    body = turn.text if turn.clip is None else content
     if speech:
         instr = turn.text + tpl.instruction_sep if turn.text else ""
         if tpl.join_instruction_to_prefix:
-            pieces.append(Text(prefix + instr))
+            pieces.append(Text(prefix + instr, user=bool(instr)))
         else:
-            pieces += [Text(prefix)] + ([Text(instr)] if instr else [])
+            pieces += [Text(prefix)] + ([Text(instr, user=True)] if instr else [])
         pieces.append(Speech(index))
     else:
-        if turn.audio and turn.text:  # instruction before a transcript
+        if turn.clip is not None and turn.text:  # instruction before a transcript
             body = turn.text + (tpl.instruction_sep or " ") + (content or "")
-        pieces += [Text(prefix), Text(body or "")]
+        pieces += [Text(prefix), Text(body or "", user=True)]
     pieces.append(Text(tpl.user_suffix))
     return pieces
 

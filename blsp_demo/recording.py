@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from blsp_demo.audio import SAMPLE_RATE
 
 
 class RecordingError(RuntimeError):

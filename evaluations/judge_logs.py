@@ -5,7 +5,7 @@
 
 Answered turns (not failed, not deleted) without an accept/reject judgement yet are judged with
 `blsp_demo.judge` (the paper's acceptability prompt) and a `judgement` record is appended for each
-through `blsp_demo.store.Store`: `turn_id`, `verdict` (accept | reject | unjudged), `reason`,
+through `blsp_demo.app.store.Store`: `turn_id`, `verdict` (accept | reject | unjudged), `reason`,
 `judge_model`, `prompt_version`, `raw`, `flags`, in the turn's own session (so a deletion of the
 session covers it). `--rejudge` also judges turns judged before by another judge model or prompt
 version. Then it prints the agreement with the human labels: Cohen's kappa, the confusion matrix
@@ -26,8 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blsp_demo.judge import BACKENDS
-from blsp_demo.metrics import accept_rate, cohen_kappa, confusion_matrix
-from blsp_demo.store import Store, answers_frame, live_records, question_of, read_records
+from blsp_demo.analysis.metrics import accept_rate, cohen_kappa, confusion_matrix
+from blsp_demo.app.store import Store, answers_frame, live_records, question_of, read_records
 
 VERDICTS = ("accept", "reject")
 NO_QUESTION = "(speech)"  # what store.question_of says for a speech turn without any transcript

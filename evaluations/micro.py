@@ -60,7 +60,7 @@ def read_scores(folder: Path) -> dict[tuple[str, str], dict]:
 
 def pooled_wer(folders: list[Path], manifest: Path) -> dict[str, float]:
     """WER per system over every item of a set (all its datasets together), from the predictions."""
-    from blsp_demo.metrics import item_stats, score_from_stats
+    from blsp_demo.analysis.metrics import item_stats, score_from_stats
 
     refs = {str(json.loads(l).get("id", n)): json.loads(l)["reference"]
             for n, l in enumerate(manifest.read_text().splitlines()) if l.strip()}
@@ -153,7 +153,7 @@ def markdown(summary: dict, model: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from blsp_demo.devices import set_threads
+    from blsp_demo.weights.devices import set_threads
 
     p = argparse.ArgumentParser(prog="python -m evaluations.micro", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="a micro-layout folder (or micro-blsp); leave out to make only the baselines")

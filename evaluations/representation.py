@@ -106,7 +106,7 @@ def last_prompt_state(engine, conv: Conversation) -> np.ndarray:
     """Final-layer hidden state at the last prompt position: (d_llm,)."""
     import torch
 
-    from blsp_demo.engine import ChatCache
+    from blsp_demo.engine.cache import ChatCache
 
     plan = engine.plan(conv, ChatCache())
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def collect_states(engine, items: list[dict], instructions: dict[str, str] = INS
     text = {k: [] for k in instructions}
     for item in items:
         for name, instr in instructions.items():
-            speech[name].append(last_prompt_state(engine, Conversation((Turn("user", text=instr, audio=item["audio"]),))))
+            speech[name].append(last_prompt_state(engine, Conversation().add_speech(item["audio"], instr)))
             text[name].append(last_prompt_state(engine, Conversation((transcript_turn(engine, instr, item["transcript"]),))))
         if progress is not None:
             progress.update()
@@ -183,8 +183,9 @@ def fresh_micro_engine():
     """Bundled Whisper base + SmolLM2 with a freshly initialised adapter (seed 0)."""
     import torch
 
-    from blsp_demo.devices import placement
-    from blsp_demo.loading import assemble_micro, build_engine, micro_config
+    from blsp_demo.weights.devices import placement
+    from blsp_demo.engine.loading import build_engine
+    from blsp_demo.weights.checkpoints import assemble_micro, micro_config
 
     torch.manual_seed(0)
     place = placement()
@@ -196,8 +197,8 @@ def fresh_micro_engine():
 def main(argv: list[str] | None = None) -> None:
     from tqdm import tqdm
 
-    from blsp_demo.devices import set_threads
-    from blsp_demo.loading import load_engine
+    from blsp_demo.weights.devices import set_threads
+    from blsp_demo.engine.loading import load_engine
 
     p = argparse.ArgumentParser(prog="python -m evaluations.representation", description=__doc__.split("\n\n")[0])
     p.add_argument("--manifest", type=Path, required=True, help="JSONL with audio and transcript")

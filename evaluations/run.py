@@ -31,10 +31,11 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-from blsp_demo.config import GenerationOptions
+from blsp_demo.options import GenerationOptions
 from blsp_demo.conversation import single_turn
+from blsp_demo.files import read_jsonl
 from blsp_demo.judge import BACKENDS
-from blsp_demo.metrics import METRICS, bootstrap_interval, item_stats, score_from_stats
+from blsp_demo.analysis.metrics import METRICS, bootstrap_interval, item_stats, score_from_stats
 
 from .tasks import GROUPS, TASKS, Task, task_of
 
@@ -71,21 +72,6 @@ def spec_for(model: str, system: str) -> str:
 
 
 # ---- predictions file -----------------------------------------------------------------------------
-def read_jsonl(path: Path) -> list[dict]:
-    """Every whole JSON line; a torn last line (a run killed mid-write) is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(obj, dict):
-            out.append(obj)
-    return out
-
-
 def append_jsonl(path: Path, records: Iterable[dict]) -> None:
     records = list(records)
     if not records:
@@ -331,7 +317,7 @@ def judge_check(rows: list[dict], predictions: dict, judgements: dict, systems: 
     """How often the judge's verdicts agree with answer match (a cheap sanity check of the judge:
     a judge that accepts everything shows up as kappa ~0)."""
     from blsp_demo.judge import PROMPT_VERSION
-    from blsp_demo.metrics import answer_match, cohen_kappa
+    from blsp_demo.analysis.metrics import answer_match, cohen_kappa
 
     lines = []
     for system in systems:
@@ -355,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, required=True)
     p.add_argument("--task", choices=sorted(GROUPS), required=True)
     p.add_argument("--systems", default="blsp,cascade,text")
-    p.add_argument("--model", default="micro-blsp", help="model spec (see blsp_demo.loading)")
+    p.add_argument("--model", default="micro-blsp", help="model spec (see blsp_demo.engine.loading)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--batch-size", type=int, default=32,
                    help="rows per batch (on a 2-core CPU, 32 translations took 34 s at batch 32, 58 s at batch 8, loading included)")
@@ -380,7 +366,7 @@ EngineFactory = Callable[[str, str], object]
 
 
 def evaluate(a, engine_factory: EngineFactory | None = None) -> list[Score]:
-    from blsp_demo.devices import set_threads
+    from blsp_demo.weights.devices import set_threads
 
     set_threads()
     systems = [s.strip() for s in a.systems.split(",") if s.strip()]
@@ -416,7 +402,7 @@ def evaluate(a, engine_factory: EngineFactory | None = None) -> list[Score]:
 
 
 def _load_engine(spec: str, system: str):
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     return load_engine(spec, system)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from blsp_demo.metrics import normalize_label
+from blsp_demo.analysis.metrics import normalize_label
 from blsp_demo.prompts import instruction_text
 
 LANGUAGES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from blsp_demo.judge_server import free_port  # noqa: F401 - tests import it from here
+from blsp_demo.judge.llama_server import free_port  # noqa: F401 - tests import it from here
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -52,7 +52,7 @@ def live_app(tmp_path_factory):
     port with a fresh data dir. Yields an object with `url`, `data_dir`, `services`."""
     from types import SimpleNamespace
 
-    from blsp_demo.config import AppSettings
+    from blsp_demo.app.settings import AppSettings
     from blsp_demo.ui import Services, build_demo, launch_options
 
     os.environ["BLSP_THREADS"] = "1"

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port
 from gradio_client import Client, handle_file
 
-from blsp_demo.store import read_records, records_files
+from blsp_demo.app.store import read_records, records_files
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOKEN = ROOT / "examples" / "capital_of_france.wav"  # espeak-ng at 120 wpm: Whisper base hears it right
@@ -102,7 +102,7 @@ def test_compare_round_and_vote_on_the_real_models(live_app):
     """A typed question to two systems drawn at random from the offline ones, then a vote. Until
     micro-blsp's adapter is trained it cannot load: the draw leaves it out, so the pair is
     micro-cascade and micro-text (on a typed question both are SmolLM2 reading the same text)."""
-    from blsp_demo.loading import REGISTRY
+    from blsp_demo.engine.registry import REGISTRY
 
     blsp_ready = (REGISTRY["micro-blsp"].folder / "adapter.safetensors").is_file()
     client = Client(live_app.url, verbose=False)

@@ -12,6 +12,7 @@ import pytest
 import soundfile as sf
 
 from blsp_demo import audio
+from blsp_demo.files import content_sha256
 from blsp_demo.audio import (
     N_CHUNK_SAMPLES,
     SAMPLE_RATE,
@@ -22,7 +23,6 @@ from blsp_demo.audio import (
     duration_s,
     load_audio,
     probe,
-    sha256_bytes,
     split_windows,
     validate,
 )
@@ -370,7 +370,7 @@ def test_duration_and_hash(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"abc")
     digest = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    assert sha256_bytes(path) == sha256_bytes(str(path)) == sha256_bytes(b"abc") == digest
+    assert content_sha256(path) == content_sha256(str(path)) == content_sha256(b"abc") == digest
 
 
 def test_probe(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from blsp_demo.conversation import Conversation, single_turn
-from blsp_demo.decoding import TextStream
+from blsp_demo.engine.decoding import TextStream
 from evaluations.benchmarks import machine
 from evaluations.benchmarks.official import OfficialPath, forced_options
 from evaluations.benchmarks.speech import QUESTION_SECONDS, UserTurn, five_second_clip, question_clips
@@ -23,7 +23,7 @@ REPLIES = ("paris is the capital of france.", "one two three four five", "hello 
 
 @pytest.fixture(scope="module")
 def engine(official_checkpoint):
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     return load_engine(str(official_checkpoint), "blsp", device="cpu", dtype="float32")
 
@@ -49,7 +49,7 @@ def test_clips_are_five_seconds(clips):
 def test_official_path_gives_the_engines_greedy_tokens_turn_by_turn(engine, clips):
     """Same window (the tiny official checkpoint is a 30 s one): the cached engine and the official
     path, which re-encodes and re-reads everything, agree token for token on every turn."""
-    assert engine.window == "full"
+    assert engine.frontend.window == "full"
     official, opts, mels = OfficialPath.from_engine(engine), forced_options(6), {}
     script = [UserTurn(audio=clips[0]), UserTurn(text="hello world"), UserTurn(audio=clips[1]),
               UserTurn(text="one two three")]
@@ -85,7 +85,7 @@ def test_official_one_at_a_time_equals_engine_batch(engine, clips):
 
 def test_trimmed_window_reads_the_same_prompt_shape(official_checkpoint, clips):
     """The engine's trimmed window changes the features, not the number of speech positions."""
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     trimmed = load_engine(str(official_checkpoint), "blsp", device="cpu", dtype="float32", window="trimmed")
     official, opts = OfficialPath.from_engine(trimmed), forced_options(3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from blsp_demo.store import read_records
+from blsp_demo.app.store import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "What is the capital of France?"

@@ -62,9 +62,9 @@ def test_three_mixed_turns_on_the_real_cascade(tts_question, tmp_path):
     """Speech, text, speech: each turn answered; turn 3 prefills only its own positions."""
     import subprocess as sp
 
-    from blsp_demo.config import GenerationOptions
+    from blsp_demo.options import GenerationOptions
     from blsp_demo.conversation import Conversation
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     second = tmp_path / "q2.wav"
     sp.run(["espeak-ng", "-v", "en-us", "-w", str(second), "How many days are in a week?"], check=True)
@@ -111,7 +111,7 @@ def test_whisper_batch_transcribes_like_one_at_a_time(tts_question):
     import torch
 
     from blsp_demo.audio import load_audio
-    from blsp_demo.loading import whisper_asr
+    from blsp_demo.engine.asr import whisper_asr
 
     asr = whisper_asr(torch.device("cpu"))
     q = load_audio(str(tts_question))

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from test_ui_handlers import EXAMPLES, WAV, FakeEngine, make_services
 
-from blsp_demo import ranking as R
-from blsp_demo.compare import RANDOM, Arena, CompareState, RoundFailed, interleave, normalize_choice, \
+from blsp_demo.analysis import ranking as R
+from blsp_demo.app.arena import RANDOM, Arena, CompareState, RoundFailed, interleave, normalize_choice, \
     reveal_markdown, revealed
-from blsp_demo.sources import WeightsError
-from blsp_demo.store import Store, read_records, votes_frame
+from blsp_demo.weights.sources import WeightsError
+from blsp_demo.app.store import Store, read_records, votes_frame
 from blsp_demo.ui import build_demo, launch_options
 from blsp_demo.ui.compare import api_question
 from blsp_demo.ui.dashboard import DashboardHandlers
-from blsp_demo.ui.session import ChatSettings, UserInput
+from blsp_demo.app.session import ChatSettings, UserInput
 
 
 # ---- Bradley-Terry and win rates -----------------------------------------------------------------
@@ -341,7 +341,7 @@ def test_tab_handlers_enable_votes_reveal_and_share_the_chat_session(arena_servi
 
     from blsp_demo.ui.chat import build_chat_tab
     from blsp_demo.ui.compare import CompareHandlers, build_compare_tab
-    from blsp_demo.ui.session import ChatState
+    from blsp_demo.app.session import ChatState
 
     with gr.Blocks():
         chat = build_chat_tab(arena_services, 1)
@@ -374,8 +374,8 @@ def test_tab_handlers_enable_votes_reveal_and_share_the_chat_session(arena_servi
 
 
 def test_configured_checkpoints_join_the_compare_systems(monkeypatch, tmp_path):
-    from blsp_demo.config import AppSettings
-    from blsp_demo.ui.services import EnginePool, Services
+    from blsp_demo.app.settings import AppSettings
+    from blsp_demo.app.services import EnginePool, Services
 
     monkeypatch.setenv("BLSP_COMPARE_MODELS", " ./ckpt/llasm-tiny , org/blsp-7b,")
     settings = AppSettings.from_env(model="some/checkpoint", data_dir=tmp_path)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from blsp_demo import ct2_whisper
+from blsp_demo.weights import ct2_whisper
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,11 @@ import soundfile as sf
 import torch
 
 from blsp_demo.audio import AudioError
-from blsp_demo.config import GenerationOptions
+from blsp_demo.options import GenerationOptions
 from blsp_demo.conversation import Conversation
-from blsp_demo.engine import BlspEngine, TextEngine, shared_piece_count
+from blsp_demo.engine.build import blsp_engine, cascade_engine, text_engine
+from blsp_demo.engine.chat import ChatEngine, EngineLimits
+from blsp_demo.engine.plan import shared_piece_count
 from blsp_demo.prompts import TEMPLATES, Bos, Speech, get_template, render
 
 GREEDY = GenerationOptions(max_new_tokens=6)
@@ -29,9 +31,11 @@ def parts(official_checkpoint):
             WhisperFeatureExtractor.from_pretrained(official_checkpoint))
 
 
-def make_engine(parts, template: str = "blsp", **kw) -> BlspEngine:
+def make_engine(parts, template: str = "blsp", share_prefix: bool = True, max_shared_prefixes: int = 8,
+                max_context: int | None = None, **kw) -> ChatEngine:
     model, tok, fx = parts
-    return BlspEngine(model, tok, fx, template=get_template(template), model_id="tiny", **kw)
+    limits = EngineLimits(max_context=max_context, max_shared_prefixes=max_shared_prefixes if share_prefix else 0)
+    return blsp_engine(model, tok, fx, template=get_template(template), model_id="tiny", limits=limits, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -271,11 +275,9 @@ class RecordingAsr:
 
 
 def test_cascade_batch_transcribes_every_clip_once_in_one_call(parts, clips):
-    from blsp_demo.engine import CascadeEngine
-
     model, tok, _ = parts
     asr = RecordingAsr()
-    engine = CascadeEngine(model.llama_model, tok, get_template("blsp"), asr, model_id="tiny-cascade")
+    engine = cascade_engine(model.llama_model, tok, get_template("blsp"), asr, model_id="tiny-cascade")
     convs = [Conversation().add_speech(clips["a"]), Conversation().add_speech(clips["b"]),
              Conversation().add_speech(clips["a"]), Conversation().add_text("hello"),
              Conversation().add_speech("/no/such/file.wav")]
@@ -302,7 +304,7 @@ def test_beams_and_sampling_options(parts, clips):
 
 def test_text_engine_needs_transcripts(parts, clips):
     model, tok, _ = parts
-    engine = TextEngine(model.llama_model, tok, get_template("blsp"), model_id="tiny-text")
+    engine = text_engine(model.llama_model, tok, get_template("blsp"), model_id="tiny-text")
     with pytest.raises(ValueError, match="transcript"):
         engine.respond(Conversation().add_speech(clips["a"]), GREEDY)
     r = engine.respond(Conversation().add_speech(clips["a"], transcript="hello world"), GREEDY)
@@ -310,7 +312,7 @@ def test_text_engine_needs_transcripts(parts, clips):
 
 
 def test_text_stream_holds_back_partial_stop_strings():
-    from blsp_demo.decoding import TextStream
+    from blsp_demo.engine.decoding import TextStream
 
     class CharTok:  # one character per id
         def decode(self, ids, skip_special_tokens=True):

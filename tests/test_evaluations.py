@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from blsp_demo.audio import AudioError
-from blsp_demo.config import Response
+from blsp_demo.options import Response
 from evaluations import run as R
 from evaluations import representation as REP
 from evaluations.judge_logs import agreement_report, judge_turns, turns_to_judge
@@ -216,7 +216,7 @@ def test_qa_answers_are_judged_once_and_unjudged_rows_are_counted(tmp_path, monk
 
 def test_real_engines_on_a_tiny_official_checkpoint(tmp_path, official_checkpoint):
     """The harness through the real BlspEngine / TextEngine (tiny random weights)."""
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     manifest = asr_manifest(tmp_path, missing=True)
     out = tmp_path / "out"
@@ -238,7 +238,7 @@ def test_real_engines_on_a_tiny_official_checkpoint(tmp_path, official_checkpoin
 
 # ---- judging the app's logs -------------------------------------------------------------------------
 def test_judge_logs_appends_judgements_for_unjudged_turns_only(tmp_path):
-    from blsp_demo.store import Store
+    from blsp_demo.app.store import Store
 
     store = Store(tmp_path)
     turns = []
@@ -274,7 +274,7 @@ def test_judge_logs_appends_judgements_for_unjudged_turns_only(tmp_path):
 
 
 def test_judge_logs_cli_prints_agreement(tmp_path, capsys):
-    from blsp_demo.store import Store
+    from blsp_demo.app.store import Store
     from evaluations import judge_logs
 
     store = Store(tmp_path)
@@ -319,7 +319,7 @@ def test_tsne_keeps_two_directions_apart_and_is_seeded():
 
 
 def test_representation_on_a_tiny_blsp_engine(tmp_path, official_checkpoint):
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     engine = load_engine(str(official_checkpoint), "blsp")
     items = [{"audio": str(tmp_path / write_wav(tmp_path / f"r{i}.wav", seed=i)), "transcript": t}

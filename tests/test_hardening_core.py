@@ -11,9 +11,9 @@ import gradio as gr
 import pytest
 from test_ui_handlers import SETTINGS, FakeEngine, make_services
 
-from blsp_demo.store import Store, audio_ext, json_line, read_records
+from blsp_demo.app.store import Store, audio_ext, json_line, read_records
 from blsp_demo.ui.chat import ChatHandlers
-from blsp_demo.ui.session import MAX_TEXT_CHARS, UserInput, valid_text
+from blsp_demo.app.session import MAX_TEXT_CHARS, UserInput, valid_text
 
 
 def test_a_lone_surrogate_becomes_a_replacement_character_and_pairs_are_joined():
@@ -90,10 +90,10 @@ def test_two_sessions_transcribing_at_once_each_hear_their_own_question():
     failed with a KeyError. The cascade engine transcribes one clip at a time."""
     import threading
 
-    from blsp_demo.config import GenerationOptions
+    from blsp_demo.options import GenerationOptions
     from blsp_demo.conversation import Conversation
-    from blsp_demo.loading import load_engine
-    from blsp_demo.ui.services import EXAMPLES_DIR
+    from blsp_demo.engine.loading import load_engine
+    from blsp_demo.app.services import EXAMPLES_DIR
 
     engine = load_engine("micro-cascade")
     clips = {"france": EXAMPLES_DIR / "capital_of_france.wav", "planet": EXAMPLES_DIR / "largest_planet.wav"}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from blsp_demo import judge as J
-from blsp_demo.store import Store, read_records
+from blsp_demo.app.store import Store, read_records
 from evaluations import judge_logs
 from evaluations.reliability.fake_openai import FakeOpenAI
 from evaluations.reliability.judge_outage import OUTAGES, OutageOptions, run_outages

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from blsp_demo.ui.limits import RateLimited, RateLimits, SessionGate
+from blsp_demo.app.limits import RateLimited, RateLimits, SessionGate
 from evaluations.reliability.flood import run_flood, run_per_minute
 from evaluations.reliability.load import LoadOptions, check_load, made_up_words, run_load
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from blsp_demo import judge as J
-from blsp_demo.judge_server import LlamaServer, ServerError, ServerOptions, server_command
+from blsp_demo.judge.llama_server import LlamaServer, ServerError, ServerOptions, server_command
 
 Q = "What is the capital of France?"
 

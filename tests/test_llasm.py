@@ -15,12 +15,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from blsp_demo.config import GenerationOptions
+from blsp_demo.options import GenerationOptions
 from blsp_demo.conversation import Conversation
-from blsp_demo.engine import ChatCache
-from blsp_demo.loading import load_engine
+from blsp_demo.engine.cache import ChatCache
+from blsp_demo.engine.loading import load_engine
 from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
-from blsp_demo.sources import WeightsError
+from blsp_demo.weights.sources import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 GREEDY = GenerationOptions(max_new_tokens=5)
@@ -64,7 +64,7 @@ def two_turns(clip: str) -> Conversation:
 
 def plan_tokens(engine, conv) -> list[int]:
     plan = engine.plan(conv, ChatCache())
-    return [engine.patch_id if i == SPEECH_PLACEHOLDER else i for i in plan.ids]
+    return [engine.frontend.patch_id if i == SPEECH_PLACEHOLDER else i for i in plan.ids]
 
 
 # ---- the released layout --------------------------------------------------------------------
@@ -174,7 +174,7 @@ def test_audio_positions_receive_projected_decoder_states(engine, folders, clips
     expected = states @ weights["model.mm_projector.weight"].T + weights["model.mm_projector.bias"]  # (64, 64)
 
     seen = []
-    hook = engine.model.model.register_forward_pre_hook(
+    hook = engine.frontend.model.model.register_forward_pre_hook(
         lambda mod, args, kwargs: seen.append(kwargs["inputs_embeds"][0].clone()), with_kwargs=True)
     try:
         conv = Conversation().add_speech(clips["a"])
@@ -202,7 +202,7 @@ def test_long_audio_gets_one_block_of_64_per_30_s_window(engine, clips):
 def test_two_turn_chat_reuses_the_cache(folders, clips):
     engine = load_engine(str(folders["cllama2"]), device="cpu")
     calls = []
-    hook = engine.tower.whisper.register_forward_hook(lambda *args: calls.append(1))
+    hook = engine.frontend.tower.whisper.register_forward_hook(lambda *args: calls.append(1))
     conv = Conversation().add_speech(clips["a"])
     r1 = engine.respond(conv, GREEDY)
     turn1 = engine.plan(conv, engine.cache_for(conv.id))
@@ -229,7 +229,7 @@ def test_a_missing_audio_tower_says_what_to_pass(folders, tmp_path, monkeypatch)
     monkeypatch.delenv("LLASM_AUDIO_TOWER", raising=False)
     with pytest.raises(WeightsError, match="audio_tower=.*LLASM_AUDIO_TOWER"):
         load_engine(str(elsewhere), device="cpu")
-    assert load_engine(str(elsewhere), device="cpu", audio_tower=str(folders["tower"])).tower.width == 32
+    assert load_engine(str(elsewhere), device="cpu", audio_tower=str(folders["tower"])).frontend.tower.width == 32
     monkeypatch.setenv("LLASM_AUDIO_TOWER", str(folders["tower"]))
     assert load_engine(str(elsewhere), device="cpu").name == "llasm"
 
@@ -251,8 +251,8 @@ def test_llasm_checkpoint_chats_through_the_app(folders, clips, tmp_path):
     from conftest import free_port
     from gradio_client import Client, handle_file
 
-    from blsp_demo.config import AppSettings
-    from blsp_demo.store import read_records
+    from blsp_demo.app.settings import AppSettings
+    from blsp_demo.app.store import read_records
     from blsp_demo.ui import Services, build_demo, launch_options
 
     spec = str(folders["cllama2"])

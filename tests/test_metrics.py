@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from blsp_demo import metrics as M
+from blsp_demo.analysis import metrics as M
 
 
 def test_wer_counts_deletions_after_whisper_normalization():

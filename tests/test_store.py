@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoUrl
 
-from blsp_demo.hub_push import make_scheduler
-from blsp_demo.store import (AUDIO_DIR, RECOVERED_DIR, Store, answers_frame, live_records, read_records,
+from blsp_demo.app.hub_push import make_scheduler
+from blsp_demo.app.store import (AUDIO_DIR, RECOVERED_DIR, Store, answers_frame, live_records, read_records,
                              records_files)
 
 
@@ -256,7 +256,7 @@ def test_no_repo_no_scheduler(tmp_path):
 
 
 def test_an_unjudged_judgement_does_not_hide_an_earlier_verdict():
-    from blsp_demo.store import latest_verdicts
+    from blsp_demo.app.store import latest_verdicts
 
     records = [{"kind": "judgement", "turn_id": "t1", "ts": "2026-01-01T00:00:00", "verdict": "accept"},
                {"kind": "judgement", "turn_id": "t1", "ts": "2026-01-02T00:00:00", "verdict": "unjudged"},

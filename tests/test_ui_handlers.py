@@ -11,16 +11,18 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from blsp_demo.config import AppSettings, GenerationOptions, Response
-from blsp_demo.engine import StreamChunk
-from blsp_demo.sources import WeightsError
-from blsp_demo.store import Store, answers_frame, read_records
+from blsp_demo.app.settings import AppSettings
+from blsp_demo.options import GenerationOptions, Response
+from blsp_demo.engine.chat import StreamChunk
+from blsp_demo.weights.sources import WeightsError
+from blsp_demo.app.store import Store, answers_frame, read_records
 from blsp_demo.ui import build_demo, launch_options
-from blsp_demo.ui.annotate import AnnotateHandlers, Filters, context_messages, export_answers, filter_answers
+from blsp_demo.app.annotation import Filters, context_messages, export_answers, filter_answers
+from blsp_demo.ui.annotate import AnnotateHandlers
 from blsp_demo.ui.chat import ChatHandlers
 from blsp_demo.ui.dashboard import DashboardHandlers, accept_rates, agreement, cohen_kappa
-from blsp_demo.ui.services import EnginePool, Services, load_examples
-from blsp_demo.ui.session import ChatSettings
+from blsp_demo.app.services import EnginePool, Services, load_examples
+from blsp_demo.app.session import ChatSettings
 
 EXAMPLES = load_examples()
 WAV = str(EXAMPLES[0].audio)

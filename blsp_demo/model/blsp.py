@@ -17,9 +17,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .adapter import Adapter, Conv1dSubsampler, lengths_to_mask
-from .ctc import CtcSelector
-from .encoder import encode_features
+from blsp_demo.model.adapter import Adapter, Conv1dSubsampler, lengths_to_mask
+from blsp_demo.model.ctc import CtcSelector
+from blsp_demo.model.encoder import encode_features
 
 SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
 

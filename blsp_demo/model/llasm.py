@@ -24,8 +24,8 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, LlamaModel, WhisperFeatureExtractor, WhisperModel
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
-from .blsp import SPEECH_PLACEHOLDER, embed_with_placeholders
-from .encoder import log_mel
+from blsp_demo.model.blsp import SPEECH_PLACEHOLDER, embed_with_placeholders
+from blsp_demo.model.encoder import log_mel
 
 AUDIO_PATCH, AUDIO_START, AUDIO_END = "<au_patch>", "<au_start>", "<au_end>"
 AUDIO_TOKENS = (AUDIO_PATCH, AUDIO_START, AUDIO_END)  # added to the tokenizer in this order

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..conversation import Conversation
-from ..model.blsp import SPEECH_PLACEHOLDER
-from ..prompts import Bos, PromptTemplate, Speech, Text, render
+from blsp_demo.conversation import Conversation
+from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+from blsp_demo.prompts import Bos, PromptTemplate, Speech, Text, render
 
 IGNORE = -100
 

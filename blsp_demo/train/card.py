@@ -14,9 +14,7 @@ from pathlib import Path
 
 import torch
 
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.is_file() else []
+from blsp_demo.files import read_jsonl
 
 
 def training_facts(work: Path) -> dict:

@@ -42,6 +42,7 @@ from scipy.fft import next_fast_len
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from blsp_demo.files import read_jsonl
 from blsp_demo.train import text_sources
 
 SAMPLE_RATE = 16000  # what the Whisper encoder takes
@@ -249,11 +250,6 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..audio import load_audio
-from ..model.encoder import encode_features, log_mel
+from blsp_demo.audio import load_audio
+from blsp_demo.model.encoder import encode_features, log_mel
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -33,12 +33,12 @@ def load_bundled_encoder(dtype: torch.dtype = torch.float32):
     from transformers import WhisperConfig, WhisperFeatureExtractor
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from .. import sources
-    from ..loading import _whisper_encoder_state
+    from blsp_demo.weights import sources
+    from blsp_demo.weights.checkpoints import whisper_encoder_state
 
     weights = sources.whisper_base()
     encoder = WhisperEncoder(WhisperConfig.from_pretrained(weights.hf_dir))
-    encoder.load_state_dict(_whisper_encoder_state(weights.hf_dir))
+    encoder.load_state_dict(whisper_encoder_state(weights.hf_dir))
     return encoder.eval().to(dtype), WhisperFeatureExtractor.from_pretrained(weights.hf_dir)
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip", type=int, default=0, help="leave out the first N rows of each manifest")
     p.add_argument("--prefix", default="shard", help="shard file prefix (a new one adds clips to a store)")
     args = p.parse_args(argv)
-    from ..devices import set_threads
+    from blsp_demo.weights.devices import set_threads
 
     set_threads()
     rows = [r for m in args.manifest for r in read_manifest(Path(m))[args.skip: args.limit]]

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..devices import Placement, set_threads
-from .batches import Example
-from .step2 import adapter_state
-from .features import load_feature_store, read_manifest
+from blsp_demo.weights.devices import Placement, set_threads
+from blsp_demo.train.batches import Example
+from blsp_demo.train.params import adapter_state
+from blsp_demo.train.features import load_feature_store, read_manifest
 
 
 def init_adapter(model) -> None:
@@ -42,7 +42,7 @@ def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Pat
     """Write the micro layout: adapter.safetensors + config.json (with its sha256) [+ README.md]."""
     from safetensors.torch import save_file
 
-    from ..loading import sha256_file
+    from blsp_demo.files import content_sha256
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / cfg["components"]["adapter"]["file"]
@@ -50,7 +50,7 @@ def export_micro(model, cfg: dict, folder: Path, card: str | None = None) -> Pat
     state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in adapter_state(model).items()}
     save_file(state, str(path), metadata={"format": "pt"})  # integer buffers (CTC token ids) stay exact
     cfg = json.loads(json.dumps(cfg))
-    cfg["components"]["adapter"]["sha256"] = sha256_file(path)
+    cfg["components"]["adapter"]["sha256"] = content_sha256(path)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
     if card:
         (folder / "README.md").write_text(card)
@@ -111,7 +111,7 @@ def run_all(args, work: Path) -> None:
 
 def _micro_model(adapter: dict | None = None, vocab: list[int] | None = None):
     """The micro model; `vocab`: the CTC head's token ids (their count fixes the config)."""
-    from ..loading import assemble_micro, micro_config
+    from blsp_demo.weights.checkpoints import assemble_micro, micro_config
 
     cfg = micro_config(ctc_vocab_size=len(vocab or []))
     model, tok, fx = assemble_micro(cfg, Placement(torch.device("cpu"), torch.float32))
@@ -125,7 +125,7 @@ def _micro_model(adapter: dict | None = None, vocab: list[int] | None = None):
 
 def _vocab(work: Path, tokenizer=None) -> list[int]:
     """The CTC head's classes: every token of the train transcripts (made once, then read)."""
-    from .warmstart import ctc_vocab
+    from blsp_demo.train.warmstart import ctc_vocab
 
     path = work / "ctc_vocab.json"
     if not path.is_file():
@@ -159,9 +159,9 @@ def limit_repeats(examples: list[Example], share: float | None, seed: int = 0) -
 
 
 def stage_warmstart(args, work: Path) -> None:
-    from .warmstart import CtcConfig, train_ctc
+    from blsp_demo.train.warmstart import CtcConfig, train_ctc
 
-    from .. import sources
+    from blsp_demo.weights import sources
 
     vocab = _vocab(work, sources.load_gguf_tokenizer(*sources.smollm2_gguf()))
     model, tok, _ = _micro_model(vocab=vocab)
@@ -171,7 +171,7 @@ def stage_warmstart(args, work: Path) -> None:
 
 
 def stage_step2(args, work: Path) -> None:
-    from .step2 import Step2Trainer, TrainConfig
+    from blsp_demo.train.step2 import Step2Trainer, TrainConfig
 
     warm = work / "warmstart" / "last.pt"
     adapter = torch.load(warm, weights_only=False)["adapter"] if warm.is_file() else None

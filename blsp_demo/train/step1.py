@@ -20,10 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..config import GenerationOptions
-from ..conversation import Conversation
-from ..prompts import INSTRUCTIONS
-from .features import read_manifest
+from blsp_demo.options import GenerationOptions
+from blsp_demo.conversation import Conversation
+from blsp_demo.prompts import INSTRUCTIONS
+from blsp_demo.train.features import read_manifest
 
 KIND_INSTRUCTION = {"continue": INSTRUCTIONS["continue"], "respond": "", "repeat": INSTRUCTIONS["repeat"]}
 
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N rows")
     p.add_argument("--model", default="micro-text", help="whose LLM answers: any model spec (its text system)")
     args = p.parse_args(argv)
-    from ..devices import set_threads
-    from ..loading import load_engine
+    from blsp_demo.weights.devices import set_threads
+    from blsp_demo.engine.loading import load_engine
 
     set_threads()
     i, n = (int(x) for x in args.shard.split("/"))

@@ -22,10 +22,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..devices import autocast
-from ..model.adapter import lengths_to_mask
-from ..prompts import get_template
-from .batches import Batch, Example, length_buckets, pad_rows, prompt_ids, target_ids
+from blsp_demo.weights.devices import autocast
+from blsp_demo.model.adapter import lengths_to_mask
+from blsp_demo.prompts import get_template
+from blsp_demo.train.params import adapter_parameters, adapter_state, freeze_all_but_adapter
+from blsp_demo.train.batches import Batch, Example, length_buckets, pad_rows, prompt_ids, target_ids
 
 
 @dataclass(frozen=True)
@@ -63,26 +64,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln", "ctc")  # the only trained part of a BLSP model
-
-
-def adapter_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for name in ADAPTER_MODULES if getattr(model, name, None) is not None
-            for p in getattr(model, name).parameters()]
-
-
-def adapter_state(model) -> dict[str, torch.Tensor]:
-    """The adapter's entries of the model's state dict (what checkpoints and exports hold)."""
-    return {k: v.detach() for k, v in model.state_dict().items() if k.split(".")[0] in ADAPTER_MODULES}
-
-
-def freeze_all_but_adapter(model) -> None:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in adapter_parameters(model):
-        p.requires_grad_(True)
 
 
 def target_logits(llm, batch: Batch, device, **inputs) -> torch.Tensor:
@@ -123,7 +104,7 @@ class Step2Trainer:
     def speech(self, batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """Cached encoder states -> adapter frames (sum S_b, d_llm), per-row counts (B,), and the
         CTC terms of a model with a CTC selector (computed on the frames before selection)."""
-        from .warmstart import ctc_terms, transcript_ids
+        from blsp_demo.train.warmstart import ctc_terms, transcript_ids
 
         states = [self.features[e.id].float() for e in batch]
         lengths = torch.tensor([s.shape[0] for s in states], device=self.acc.device)
@@ -287,8 +268,8 @@ class OnTheFlyStates:
 
     @torch.no_grad()
     def __getitem__(self, key: str) -> torch.Tensor:
-        from ..audio import load_audio
-        from ..model.encoder import encode_features, log_mel
+        from blsp_demo.audio import load_audio
+        from blsp_demo.model.encoder import encode_features, log_mel
 
         samples = load_audio(self.rows[key]["audio"])[: 30 * 16000]
         encoder = self.model.whisper_model
@@ -305,10 +286,10 @@ def load_initial_model(init: str | None, whisper: str | None, llm: str | None):
     between a Whisper checkpoint's encoder and a causal LM (paper scale: whisper-small + a 7B LLM)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor, WhisperModel
 
-    from ..devices import Placement
-    from ..loading import load_blsp_folder
-    from ..model.blsp import BlspConfig, BlspModel
-    from ..sources import resolve_checkpoint
+    from blsp_demo.weights.devices import Placement
+    from blsp_demo.weights.checkpoints import load_blsp_folder
+    from blsp_demo.model.blsp import BlspConfig, BlspModel
+    from blsp_demo.weights.sources import resolve_checkpoint
 
     place = Placement(torch.device("cpu"), torch.float32)
     if init:
@@ -329,8 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     """`accelerate launch -m blsp_demo.train.step2 --init FOLDER | --whisper W --llm L --manifest M --targets T --out O`"""
     import argparse
 
-    from .batches import Example
-    from .features import read_manifest
+    from blsp_demo.train.batches import Example
+    from blsp_demo.train.features import read_manifest
 
     p = argparse.ArgumentParser(description="BLSP step 2: train the adapter by behavior alignment")
     p.add_argument("--init", help="a BLSP folder or Hub id to continue from (official or micro layout)")

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..model.adapter import lengths_to_mask
-from ..devices import autocast
-from .batches import Example, length_buckets
-from .step2 import adapter_parameters, adapter_state, freeze_all_but_adapter
+from blsp_demo.model.adapter import lengths_to_mask
+from blsp_demo.weights.devices import autocast
+from blsp_demo.train.batches import Example, length_buckets
+from blsp_demo.train.params import adapter_parameters, adapter_state, freeze_all_but_adapter
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from .services import EnginePool, Services
+from blsp_demo.app.services import EnginePool, Services
 
 TITLE = "BLSP demo: talk to a speech-language model"
 CSS = "#chat .message audio { max-width: 100%; } footer { display: none !important; }"
@@ -25,10 +25,10 @@ INTRO = (
 def build_demo(services: Services):
     import gradio as gr
 
-    from .annotate import build_annotate_tab
-    from .chat import build_chat_tab
-    from .compare import build_compare_tab
-    from .dashboard import build_dashboard_tab
+    from blsp_demo.ui.annotate import build_annotate_tab
+    from blsp_demo.ui.chat import build_chat_tab
+    from blsp_demo.ui.compare import build_compare_tab
+    from blsp_demo.ui.dashboard import build_dashboard_tab
 
     concurrency = int(os.environ.get("BLSP_CONCURRENCY", "2"))
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
@@ -50,7 +50,7 @@ def launch_options(services: Services, **overrides) -> dict:
     size limit, security headers, styling)."""
     from starlette.middleware import Middleware
 
-    from .web_guard import RejectedUploads, SecurityHeaders
+    from blsp_demo.ui.web_guard import RejectedUploads, SecurityHeaders
 
     middleware = [Middleware(SecurityHeaders), Middleware(RejectedUploads, store=services.store)]
     options = dict(server_name=services.settings.host, server_port=services.settings.port,

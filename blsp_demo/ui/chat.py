@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from ..config import GenerationOptions
-from ..prompts import INSTRUCTIONS, instruction_text
-from .services import Services
-from .session import Chat, ChatSettings, ChatState, TurnFailed, UserInput, verdict_from_liked
+from blsp_demo.options import GenerationOptions
+from blsp_demo.prompts import INSTRUCTIONS, instruction_text
+from blsp_demo.app.services import Services
+from blsp_demo.app.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput, verdict_from_liked
 
 CONSENT = (
     "**Your data.** Questions you type or speak, and the answers, are logged to evaluate the model "

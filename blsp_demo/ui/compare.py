@@ -7,7 +7,7 @@ Public API endpoints (gradio_client; each Client is its own session):
     /vote(choice, reason)    -> (reveal, revealed)
         choice: A | B | tie | both_bad; `revealed` names the systems: {"A": {"model", ...},
         "B": {...}, "choice", "winner", "vote_id", "round", "drawn"}.
-The round logic is `blsp_demo.compare.Arena`; these handlers unpack components and pack outputs.
+The round logic is `blsp_demo.app.arena.Arena`; these handlers unpack components and pack outputs.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
-from ..compare import CHOICE_WORDS, RANDOM, Arena, CompareState, RoundFailed, RoundProgress, reveal_markdown, revealed
-from .chat import ChatTab, client_key
-from .services import Services
-from .session import ChatSettings, ChatState, UserInput
+from blsp_demo.app.arena import CHOICE_WORDS, RANDOM, Arena, CompareState, RoundFailed, RoundProgress, reveal_markdown, revealed
+from blsp_demo.ui.chat import ChatTab, client_key
+from blsp_demo.app.services import Services
+from blsp_demo.app.session import ChatSettings, ChatState, UserInput
 
 HOW = ("Ask one question, spoken or typed: two systems answer side by side as **A** and **B**. "
        "Vote for the better answer (or a tie, or both bad); then you see which systems they were. "

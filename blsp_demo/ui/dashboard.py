@@ -13,9 +13,9 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..ranking import PRIOR_TIES, leaderboard
-from ..store import answers_frame, votes_frame
-from .services import Services
+from blsp_demo.analysis.ranking import PRIOR_TIES, leaderboard
+from blsp_demo.app.store import answers_frame, votes_frame
+from blsp_demo.app.services import Services
 
 VERDICTS = ("accept", "reject")
 SOURCES = {"label": "human", "judge": "judge"}

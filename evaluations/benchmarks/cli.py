@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from blsp_demo.devices import Placement, set_threads
+from blsp_demo.weights.devices import Placement, set_threads
 
 from . import machine
 from .official import OfficialPath
@@ -63,8 +63,8 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     t_start = time.perf_counter()
     official = OfficialPath.from_engine(engine)
     engines = {"engine": engine}
-    if s.full_window_engine and engine.window != "full":  # turn 1: how much is the window, how much the rest
-        engines["engine-full"] = engine_for(engine.model, engine.tokenizer, engine.feature_extractor,
+    if s.full_window_engine and engine.frontend.window != "full":  # turn 1: how much is the window, how much the rest
+        engines["engine-full"] = engine_for(engine.frontend.model, engine.tokenizer, engine.frontend.feature_extractor,
                                             machine_place(engine), engine.model_id, window="full")
     load = {"loadavg_start": machine.load_average()}
     other = machine.OtherLoad()
@@ -91,7 +91,7 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
         log("profile")
         profile = profile_turns(engine, official, script, s)
     load |= {"loadavg_end": machine.load_average(), "other_cores": other.cores()}
-    return Results(settings=s, model=model, window=engine.window, machine=machine.describe(engine.device, threads),
+    return Results(settings=s, model=model, window=engine.frontend.window, machine=machine.describe(engine.device, threads),
                    samples=questions + chats, batch=batch, limit=describe_limit(engine, limit, questions),
                    memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile)
 
@@ -105,7 +105,7 @@ def run_batch_only(engine, s: Settings, work: Path) -> BatchResult:
 
 
 def machine_place(engine) -> Placement:
-    return Placement(engine.device, next(engine.model.parameters()).dtype)
+    return Placement(engine.device, next(engine.frontend.model.parameters()).dtype)
 
 
 def rewrite(folder: Path) -> Results:

@@ -32,7 +32,7 @@ from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from blsp_demo.audio import N_CHUNK_SAMPLES, SAMPLE_RATE
-from blsp_demo.config import GenerationOptions
+from blsp_demo.options import GenerationOptions
 from blsp_demo.conversation import Conversation
 from blsp_demo.model.encoder import log_mel
 from blsp_demo.prompts import Bos, PromptTemplate, Speech, render
@@ -116,7 +116,7 @@ class OfficialPath:
     @classmethod
     def from_engine(cls, engine) -> "OfficialPath":
         """The same weights, tokenizer, extractor and template as a `BlspEngine`."""
-        return cls(engine.model, engine.tokenizer, engine.feature_extractor, engine.template,
+        return cls(engine.frontend.model, engine.tokenizer, engine.frontend.feature_extractor, engine.template,
                    engine.stop_ids, engine.device)
 
     # ---- the history -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from statistics import median
 
 import torch
 
-from blsp_demo.devices import set_threads
+from blsp_demo.weights.devices import set_threads
 
 from .machine import copy_bandwidth, weight_bytes
 from .subjects import load_subject

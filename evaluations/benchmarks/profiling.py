@@ -140,7 +140,7 @@ def profile_turns(engine, official: OfficialPath, script: list[UserTurn], s: Set
             outs = {}
             for name, fn in runs.items():
                 if pass_ == "stages":
-                    with StageClock(engine.model, engine.device) as clock:
+                    with StageClock(engine.frontend.model, engine.device) as clock:
                         outs[name] = fn()
                     clock.stages.ttft_s = outs[name].ttft_s
                     result["stages"][f"{name} turn {k}"] = clock.stages

@@ -17,7 +17,7 @@ from statistics import median
 
 import torch
 
-from blsp_demo.config import Response
+from blsp_demo.options import Response
 from blsp_demo.conversation import Conversation, single_turn
 
 from .machine import copy_bandwidth, kv_bytes_per_position, sync, weight_bytes

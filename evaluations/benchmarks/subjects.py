@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from blsp_demo.devices import Placement, placement
-from blsp_demo.engine import BlspEngine
+from blsp_demo.weights.devices import Placement, placement
+from blsp_demo.engine.build import blsp_engine
+from blsp_demo.engine.chat import ChatEngine
 from blsp_demo.prompts import get_template
 
 PAPER_WHISPER = dict(d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072,
@@ -24,14 +25,15 @@ PAPER_LLAMA = dict(model_type="llama", hidden_size=4096, intermediate_size=11008
 
 
 def engine_for(model, tokenizer, extractor, place: Placement, model_id: str, revision: str = "",
-               window: str | None = None) -> BlspEngine:
-    return BlspEngine(model, tokenizer, extractor, window=window, template=get_template(model.config.prompt_template),
-                      model_id=model_id, revision=revision, device=place.device)
+               window: str | None = None) -> ChatEngine:
+    return blsp_engine(model, tokenizer, extractor, window=window, template=get_template(model.config.prompt_template),
+                       model_id=model_id, revision=revision, device=place.device)
 
 
-def micro_blsp(place: Placement) -> tuple[BlspEngine, str]:
-    from blsp_demo.loading import REGISTRY, assemble_micro, load_micro_blsp, micro_config
-    from blsp_demo.sources import WeightsError
+def micro_blsp(place: Placement) -> tuple[ChatEngine, str]:
+    from blsp_demo.engine.registry import REGISTRY
+    from blsp_demo.weights.checkpoints import assemble_micro, load_micro_blsp, micro_config
+    from blsp_demo.weights.sources import WeightsError
 
     try:
         model, tok, fx, mid = load_micro_blsp(REGISTRY["micro-blsp"].folder, place)
@@ -50,12 +52,12 @@ def paper_shape_config(vocab_size: int, bos: int, eos: int):
                       llama_config={**PAPER_LLAMA, "vocab_size": vocab_size, "bos_token_id": bos, "eos_token_id": eos})
 
 
-def paper_shape(place: Placement) -> tuple[BlspEngine, str]:
+def paper_shape(place: Placement) -> tuple[ChatEngine, str]:
     """Random weights made directly on the device in its dtype (a 7B model in fp32 on a CPU would not fit
     most machines). The tokenizer is the bundled SmolLM2 one: the vocabulary is 49152, not 32000."""
     from transformers import WhisperFeatureExtractor
 
-    from blsp_demo import sources
+    from blsp_demo.weights import sources
     from blsp_demo.model.blsp import BlspModel
 
     tok = sources.load_gguf_tokenizer(*sources.smollm2_gguf())
@@ -72,13 +74,13 @@ def paper_shape(place: Placement) -> tuple[BlspEngine, str]:
         "paper shape (whisper-small encoder + Llama-2-7B shape, random weights)"
 
 
-def load_subject(spec: str, device: str | None = None, dtype: str | None = None) -> tuple[BlspEngine, str]:
+def load_subject(spec: str, device: str | None = None, dtype: str | None = None) -> tuple[ChatEngine, str]:
     place = placement(device, dtype)
     if spec == "micro-blsp":
         return micro_blsp(place)
     if spec == "paper-shape":
         return paper_shape(place)
-    from blsp_demo.loading import load_engine
+    from blsp_demo.engine.loading import load_engine
 
     engine = load_engine(spec, "blsp", device=device, dtype=dtype)
     return engine, spec

@@ -83,7 +83,7 @@ def copy_answered_turns(data_dir: Path, dest: Path, n: int) -> int:
     """Up to `n` answered turns with distinct question and answer (a judge request per row), none
     with text addressed to the judge (those are left unjudged on purpose: see `judge_injections`)."""
     from blsp_demo.judge import redact_injection
-    from blsp_demo.store import Store, question_of, read_records
+    from blsp_demo.app.store import Store, question_of, read_records
 
     distinct = {(question_of(r), r["response"]): r for r in read_records(data_dir).records
                 if r["kind"] == "turn" and not r.get("error") and r.get("response")

@@ -83,7 +83,7 @@ def kill_mid_load(server: AppServer, runs: list[SessionRun], options: CrashOptio
 
 
 def run_crash(server: AppServer, options: CrashOptions, folder: Path) -> CrashReport:
-    from blsp_demo.store import RECOVERED_DIR, read_records, records_files
+    from blsp_demo.app.store import RECOVERED_DIR, read_records, records_files
 
     runs = plan(options.load, Path(folder))
     seconds = kill_mid_load(server, runs, options)

@@ -83,7 +83,7 @@ def job_outcome(job) -> str | None:
 
 
 def count_refusals(data_dir: Path, session: str) -> int:
-    from blsp_demo.store import read_records
+    from blsp_demo.app.store import read_records
 
     return sum(r["kind"] == "turn" and r.get("session") == session and r.get("error_code") == "rate_limited"
                for r in read_records(data_dir).records)

@@ -230,13 +230,13 @@ class Reference:
 
 
 def turn_records(data_dir: Path, session: str) -> list[dict]:
-    from blsp_demo.store import read_records
+    from blsp_demo.app.store import read_records
 
     return [r for r in read_records(data_dir).records if r.get("session") == session and r["kind"] == "turn"]
 
 
 def session_of(data_dir: Path, turn_id: str) -> str:
-    from blsp_demo.store import read_records
+    from blsp_demo.app.store import read_records
 
     return next(r["session"] for r in read_records(data_dir).records if r["id"] == turn_id)
 
@@ -345,7 +345,7 @@ def run_case(url: str, data_dir: Path, case: Case, ref: Reference) -> CaseResult
 
 
 def count_rejected(data_dir: Path) -> int:
-    from blsp_demo.store import read_records
+    from blsp_demo.app.store import read_records
 
     return sum(r["kind"] == "rejected" for r in read_records(data_dir).records)
 
@@ -408,7 +408,7 @@ def check_refused(case: Case, turns: list[dict], result: CaseResult, history, fo
 
 
 def logged_text(sent: str) -> str:
-    from blsp_demo.ui.session import valid_text
+    from blsp_demo.app.session import valid_text
 
     return valid_text(sent).strip()
 

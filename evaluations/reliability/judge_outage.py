@@ -78,7 +78,7 @@ def make_judge(url: str, options: OutageOptions, cache_dir: Path):
 
 def pending(data_dir: Path, judge) -> list[dict]:
     from blsp_demo.judge import PROMPT_VERSION
-    from blsp_demo.store import read_records
+    from blsp_demo.app.store import read_records
     from evaluations.judge_logs import turns_to_judge
 
     return turns_to_judge(read_records(data_dir).records, judge.model, PROMPT_VERSION, rejudge=False)
@@ -86,7 +86,7 @@ def pending(data_dir: Path, judge) -> list[dict]:
 
 def run_outages(data_dir: Path, workdir: Path, options: OutageOptions = OutageOptions(),
                 outages: tuple[str, ...] = tuple(OUTAGES)) -> OutageReport:
-    from blsp_demo.store import Store
+    from blsp_demo.app.store import Store
     from evaluations.judge_logs import judge_turns
 
     server = FakeOpenAI()
@@ -166,7 +166,7 @@ class InjectionCheck:
 
 def judge_injections(data_dir: Path, turn_ids: list[str], workdir: Path) -> list[InjectionCheck]:
     """Judge the logged turns `turn_ids` with a gullible fake judge; report what reached it."""
-    from blsp_demo.store import Store, question_of, read_records
+    from blsp_demo.app.store import Store, question_of, read_records
     from evaluations.judge_logs import judge_turns
 
     server = FakeOpenAI()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -102,6 +103,11 @@ def file_route_probes(url: str, data_dir: Path) -> list[Probe]:
     return probes
 
 
+def gradio_upload_folder() -> Path:
+    """Where Gradio keeps uploads (its documented GRADIO_TEMP_DIR, else the temp dir's gradio/)."""
+    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
+
+
 def upload_probe(url: str, marker_dir: Path) -> Probe:
     """An upload whose file name climbs out of the upload folder must land inside it."""
     import httpx
@@ -110,9 +116,7 @@ def upload_probe(url: str, marker_dir: Path) -> Probe:
     r = httpx.post(url.rstrip("/") + "/gradio_api/upload", files={"files": (name, MARKER.encode())}, timeout=30)
     escaped = (marker_dir / "escaped-upload.txt").exists()
     stored = r.json()[0] if r.status_code == 200 else ""
-    from gradio.utils import get_upload_folder
-
-    inside = str(Path(stored).resolve()).startswith(str(Path(get_upload_folder()).resolve())) if stored else True
+    inside = str(Path(stored).resolve()).startswith(str(gradio_upload_folder().resolve())) if stored else True
     return Probe("/gradio_api/upload (file name with ../)", "a file beside the data dir", r.status_code,
                  escaped or not inside)
 
@@ -140,10 +144,10 @@ def api_probes(url: str, data_dir: Path) -> list[Probe]:
 
 def stored_copy(data_dir: Path, target: Path) -> bool:
     """The target's bytes were copied into the served audio folder."""
-    from blsp_demo.audio import sha256_bytes
+    from blsp_demo.files import content_sha256
 
     try:
-        digest = sha256_bytes(target)
+        digest = content_sha256(target)
     except OSError:
         return False
     return any(p.name.startswith(digest) for p in (Path(data_dir) / "audio").glob("*"))
@@ -176,8 +180,8 @@ def secret_sources(url: str, data_dir: Path, log_text: str, messages: list[str])
 
 def exports(data_dir: Path) -> dict[str, str]:
     """The Annotate tab's exports (CSV, JSONL, Parquet) of the data dir."""
-    from blsp_demo.store import answers_frame, read_records
-    from blsp_demo.ui.annotate import EXPORT_FORMATS, export_answers
+    from blsp_demo.app.store import answers_frame, read_records
+    from blsp_demo.app.annotation import EXPORT_FORMATS, export_answers
 
     frame = answers_frame(read_records(data_dir).records)
     out = {}

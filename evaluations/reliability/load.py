@@ -90,14 +90,14 @@ def speak(text: str, out: Path) -> Path:
 
 def plan(options: LoadOptions, folder: Path) -> list[SessionRun]:
     """Sessions with their words and their recordings (one per spoken turn, each distinct)."""
-    from blsp_demo.audio import sha256_bytes
+    from blsp_demo.files import content_sha256
 
     folder.mkdir(parents=True, exist_ok=True)
     runs = [SessionRun(i, w) for i, w in enumerate(made_up_words(options.sessions, options.seed))]
     for run in runs:
         for t in range(1, options.turns, 2):
             path = speak(SPOKEN.format(word=run.word) + f" Question {t + 1}.", folder / f"{run.word}-{t}.wav")
-            run.audio[sha256_bytes(path)] = path
+            run.audio[content_sha256(path)] = path
     return runs
 
 
@@ -229,7 +229,7 @@ def percentiles(values: list[float]) -> dict:
 
 
 def check_load(runs: list[SessionRun], data_dir: Path, turns_per_session: int) -> LoadReport:
-    from blsp_demo.store import read_records, records_files
+    from blsp_demo.app.store import read_records, records_files
 
     result = read_records(data_dir)
     records = result.records

@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from blsp_demo.judge_server import free_port
+from blsp_demo.judge.llama_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "micro-cascade"  # the offline default: Whisper base + SmolLM2-135M-Instruct

@@ -349,7 +349,7 @@ class LocalBackend:
 
     def _load(self):
         if self._model is None:
-            from .loading import bundled_llm
+            from blsp_demo.weights.checkpoints import bundled_llm
 
             self._model, self._tokenizer = bundled_llm()
             self._model.eval()
@@ -390,7 +390,7 @@ class LocalBackend:
 
 def _llama_server_backend(**kw):
     """llama.cpp's OpenAI-compatible server on loopback with the bundled GGUF (`judge_server`)."""
-    from .judge_server import LlamaServerBackend
+    from blsp_demo.judge.llama_server import LlamaServerBackend
 
     return LlamaServerBackend(**kw)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import AppSettings
-from ..store import Store
-from .limits import RateLimits, SessionGate
+from blsp_demo.app.settings import AppSettings
+from blsp_demo.app.store import Store
+from blsp_demo.app.limits import RateLimits, SessionGate
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class EnginePool:
 
     def __init__(self, loader: Callable | None = None):
         if loader is None:
-            from ..loading import load_engine as loader
+            from blsp_demo.engine.loading import load_engine as loader
         self._loader = loader
         self._engines: dict[str, object] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -112,8 +112,8 @@ class Services:
 
     @classmethod
     def create(cls, settings: AppSettings, pool: EnginePool | None = None, hf_api=None) -> "Services":
-        from ..hub_push import make_scheduler
-        from ..loading import REGISTRY
+        from blsp_demo.app.hub_push import make_scheduler
+        from blsp_demo.engine.registry import REGISTRY
 
         data_dir = Path(settings.data_dir).expanduser().resolve()
         try:

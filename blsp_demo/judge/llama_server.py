@@ -1,7 +1,7 @@
 """The offline judge as a real OpenAI-compatible server: llama.cpp's server (the pip package
 `llama-cpp-python[server]`) serving the bundled SmolLM2-135M-Instruct GGUF on loopback.
 
-    python -m blsp_demo.judge_server [--port 8081]      # serve until Ctrl-C; prints the env to set
+    python -m blsp_demo.judge.llama_server [--port 8081]      # serve until Ctrl-C; prints the env to set
     Judge.from_env("llama-server")                      # start one for this process, stop at exit
     python -m evaluations.run ... --judge llama-server  # the same from the evaluation commands
 
@@ -48,7 +48,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def bundled_gguf() -> Path:
-    from .sources import smollm2_gguf
+    from blsp_demo.weights.sources import smollm2_gguf
 
     folder, name = smollm2_gguf()
     return folder / name
@@ -138,7 +138,7 @@ class LlamaServerBackend:
     """The judge's `openai` backend against a llama.cpp server this backend starts and owns."""
 
     def __init__(self, options: ServerOptions | None = None, **openai_kw):
-        from .judge import JudgeError, OpenAIBackend
+        from blsp_demo.judge import JudgeError, OpenAIBackend
 
         try:
             self.server = LlamaServer(options or ServerOptions()).start()
@@ -149,7 +149,7 @@ class LlamaServerBackend:
         self.params = self._openai.params
 
     def complete(self, messages: list[dict]) -> str:
-        from .judge import JudgeError
+        from blsp_demo.judge import JudgeError
 
         try:
             return self._openai.complete(messages)
@@ -168,7 +168,7 @@ class LlamaServerBackend:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m blsp_demo.judge_server", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m blsp_demo.judge.llama_server", description=__doc__.split("\n\n")[0])
     p.add_argument("--gguf", type=Path, default=None, help="a GGUF chat model (default: the bundled SmolLM2)")
     p.add_argument("--port", type=int, default=8081)
     p.add_argument("--threads", type=int, default=None)

@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .audio import sha256_bytes
-from .store import new_id, question_of
-from .ui.services import Services
-from .ui.limits import RateLimited, release_before_last
-from .ui.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput
+from blsp_demo.files import content_sha256
+from blsp_demo.app.store import new_id, question_of
+from blsp_demo.app.services import Services
+from blsp_demo.app.limits import RateLimited, release_before_last
+from blsp_demo.app.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +105,18 @@ class Arena:
         self.pool = services.pool
         self.store = services.store
         self.systems = list(dict.fromkeys(systems if systems is not None else services.model_choices))
-        self.transcripts = {sha256_bytes(ex.audio): ex.text for ex in services.examples}  # by content
+        self.transcripts = {content_sha256(ex.audio): ex.text for ex in services.examples}  # by content
 
     def with_known_transcript(self, inp: UserInput) -> UserInput:
         """A spoken example sent as a file (upload, API) is still that example: keep its transcript."""
         if inp.audio is None or inp.transcript or not Path(inp.audio).is_file():
             return inp
-        return replace(inp, transcript=self.transcripts.get(sha256_bytes(inp.audio)))
+        return replace(inp, transcript=self.transcripts.get(content_sha256(inp.audio)))
 
     # -- the draw
     def needs_transcript(self, spec: str) -> bool:
         """The text system reads the known transcript of speech instead of hearing it."""
-        from .loading import REGISTRY
+        from blsp_demo.engine.registry import REGISTRY
 
         if spec in REGISTRY:
             return REGISTRY[spec].system == "text"

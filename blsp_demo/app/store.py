@@ -230,9 +230,9 @@ class Store:
     # -- audio
     def save_audio(self, source: str | Path, session: str, sha256: str | None = None) -> StoredAudio:
         """Keep a copy of `source` under its content hash (once, whoever sends it again)."""
-        from .audio import sha256_bytes
+        from blsp_demo.files import content_sha256
 
-        digest = sha256 or sha256_bytes(source)
+        digest = sha256 or content_sha256(source)
         rel = f"{AUDIO_DIR}/{digest}.{audio_ext(source)}"
         dest = self.data_dir / rel
         with self.lock:

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .metrics import bootstrap_interval
+from blsp_demo.analysis.metrics import bootstrap_interval
 
 CHOICES = ("A", "B", "tie", "both_bad")
 POINTS = {"A": 1.0, "B": 0.0, "tie": 0.5, "both_bad": 0.5}  # points of the system shown as A

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
-from ..audio import AudioError, probe, sha256_bytes
-from ..config import GenerationOptions, Response
-from ..conversation import Conversation
-from ..store import Deletion, new_id
-from .limits import RateLimited, release_before_last
-from .services import Services, gpu
+from blsp_demo.audio import AudioError, probe
+from blsp_demo.files import content_sha256
+from blsp_demo.options import GenerationOptions, Response
+from blsp_demo.conversation import Conversation
+from blsp_demo.app.store import Deletion, new_id
+from blsp_demo.app.limits import RateLimited, release_before_last
+from blsp_demo.app.services import Services, gpu
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class Chat:
         stored: anything else was refused by the probe before."""
         if not Path(path).is_file():
             raise AudioError("not_found", "The audio did not arrive on the server; record or upload it again.")
-        fields.update(audio_sha256=sha256_bytes(path), audio_name=Path(path).name, audio_kept=keep)
+        fields.update(audio_sha256=content_sha256(path), audio_name=Path(path).name, audio_kept=keep)
         info = probe(path)  # AudioError when it is not audio at all
         fields.update(audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
                       audio_channels=info.source_channels, audio_codec=info.codec)

@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, CommitScheduler
 from huggingface_hub._commit_scheduler import PartialFileIO
 
-from .store import AUDIO_DIR, RECORDS_DIR, read_records
+from blsp_demo.app.store import AUDIO_DIR, RECORDS_DIR, read_records
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from typing import Callable
 
 import torch
 
-from blsp_demo import ct2_whisper
+from blsp_demo.files import content_sha256
+from blsp_demo.weights import ct2_whisper
 
 
 class WeightsError(RuntimeError):
@@ -105,11 +106,6 @@ def _installed_path(file: BundledFile) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _stamp_path(path: Path) -> Path:
     return cache_dir() / "verified" / (hashlib.sha256(str(path).encode()).hexdigest()[:24] + ".json")
 
@@ -126,7 +122,7 @@ def file_sha256(path: Path) -> str:
             return remembered["sha256"]
     except (OSError, ValueError, KeyError, AttributeError):
         pass
-    record["sha256"] = _sha256(path)
+    record["sha256"] = content_sha256(path)
     try:  # best effort: an unwritable cache only costs a hash on the next start
         stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")

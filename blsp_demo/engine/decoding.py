@@ -1,12 +1,15 @@
-"""Token-by-token decoding over a KV cache: sampling, stop rules, incremental detokenization."""
+"""Token-by-token decoding over a KV cache: sampling, stop rules, loop guard, incremental
+detokenization, and the one seeded random generator every decoding mode uses."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
-from .config import GenerationOptions
+from blsp_demo.options import GenerationOptions
 
 
 def pick_next(logits: torch.Tensor, opts: GenerationOptions, generated: list[list[int]],
@@ -85,6 +88,50 @@ class TextStream:
 
 
 def make_rng(opts: GenerationOptions, device: torch.device) -> torch.Generator | None:
+    """The generator token-by-token sampling draws from (None: greedy, or unseeded sampling)."""
     if opts.temperature <= 0 or opts.seed is None:
         return None
     return torch.Generator(device=device).manual_seed(opts.seed)
+
+
+@contextlib.contextmanager
+def seeded(opts: GenerationOptions, device: torch.device) -> Iterator[None]:
+    """For `generate` (beams, batches), which draws from torch's global generator: the same seed
+    as `make_rng`, in a forked RNG state, so the caller's global state is left as it was."""
+    if opts.temperature <= 0 or opts.seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        torch.manual_seed(opts.seed)
+        yield
+
+
+# A loop: the same block of tokens at least MIN_REPEATS times in a row at the end of the answer,
+# covering at least MIN_SPAN tokens ("la France, la France, la France, ..."). Small LLMs fall into
+# such loops after a confusing turn and would otherwise run to max_new_tokens.
+MIN_REPEATS = 3
+MIN_SPAN = 12
+MAX_PERIOD = 64
+
+
+def loop_at_end(ids: list[int], min_repeats: int = MIN_REPEATS, min_span: int = MIN_SPAN,
+                max_period: int = MAX_PERIOD) -> tuple[int, int] | None:
+    """(period, repeats) of the shortest block repeated at the end of `ids`, or None."""
+    n = len(ids)
+    for period in range(1, min(max_period, n // min_repeats) + 1):
+        repeats = 1
+        while (repeats + 1) * period <= n and ids[n - (repeats + 1) * period: n - repeats * period] == ids[n - period:]:
+            repeats += 1
+        if repeats >= min_repeats and repeats * period >= min_span:
+            return period, repeats
+    return None
+
+
+def cut_loop(ids: list[int]) -> list[int] | None:
+    """`ids` with a loop at its end reduced to one copy of the repeated block; None: no loop."""
+    found = loop_at_end(ids)
+    if found is None:
+        return None
+    period, repeats = found
+    return ids[: len(ids) - (repeats - 1) * period]

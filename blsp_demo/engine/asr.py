@@ -1,0 +1,87 @@
+"""Transcribers for the cascade systems: Whisper's own decoder (Whisper+LLM) and a BLSP model's
+CTC head (CTC+LLM). Each is a callable: 16 kHz float32 samples -> text."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from blsp_demo.model.blsp import BlspModel
+from blsp_demo.weights import sources
+from blsp_demo.weights.devices import fast_bf16
+
+
+@dataclass
+class WhisperAsr:
+    """Bundled Whisper base as a callable: 16 kHz samples -> transcript (greedy, temperature 0).
+    Clips up to 30 s take one decoding pass without timestamps, alone or many at once (`batch`:
+    the same text either way); longer ones go through `transcribe`, window by window."""
+
+    model: object
+    language: str | None
+    device: torch.device
+    bf16_encoder: bool = False  # the 30 s encoder pass under bf16 autocast (CPUs with fast bf16: ~3x)
+
+    def _options(self):
+        import whisper
+
+        return whisper.DecodingOptions(language=self.language, temperature=0.0, without_timestamps=True,
+                                       fp16=self.device.type == "cuda")
+
+    def __call__(self, samples) -> str:
+        return self.batch([samples])[0]
+
+    def batch(self, clips: list, size: int = 16) -> list[str]:
+        import whisper
+
+        out: list[str | None] = [None] * len(clips)
+        short = [i for i, s in enumerate(clips) if len(s) <= whisper.audio.N_SAMPLES]
+        long = [i for i, s in enumerate(clips) if len(s) > whisper.audio.N_SAMPLES]
+        with torch.inference_mode():
+            for i in long:
+                out[i] = self.model.transcribe(clips[i], language=self.language, temperature=0.0,
+                                               fp16=self.device.type == "cuda",
+                                               condition_on_previous_text=False)["text"].strip()
+            for start in range(0, len(short), size):
+                part = short[start: start + size]
+                mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(clips[i]).float()),
+                                                                self.model.dims.n_mels) for i in part])  # (b, 80, 3000)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_encoder):
+                    states = self.model.encoder(mels.to(self.device))  # (b, 1500, d)
+                dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+                results = whisper.decode(self.model, states.to(dtype), self._options())  # takes encoder states as is
+                for i, r in zip(part, results):
+                    out[i] = r.text.strip()
+        return [t or "" for t in out]
+
+
+def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr:
+    """The bundled Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
+    import whisper
+
+    model = whisper.load_model(str(sources.whisper_base().openai_checkpoint_path), device=device)
+    return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device,
+                      bf16_encoder=device.type == "cpu" and fast_bf16(device))
+
+
+def ctc_asr(blsp: BlspModel, extractor, tokenizer):
+    """A BLSP model's CTC head as a callable ASR (the paper's CTC+LLM baseline): 16 kHz samples ->
+    the greedy CTC transcript over the LLM's own tokens."""
+    from blsp_demo.model.ctc import greedy_classes
+    from blsp_demo.model.encoder import log_mel
+
+    if getattr(blsp, "ctc", None) is None:
+        raise ValueError("this BLSP model has no CTC head (speech_compression is 'none')")
+    weight = next(blsp.subsampler.parameters())
+
+    def transcribe(samples) -> str:
+        with torch.inference_mode():
+            features, frames = log_mel(extractor, samples[: 30 * 16000], blsp.config.encoder_window)
+            x, n = blsp.speech_embeddings(features.to(weight.device, weight.dtype), frames.to(weight.device),
+                                          compress=False)  # (1, S, d): every adapter frame, none selected
+            best = blsp.ctc.logits(x[:, : int(n[0])], blsp.llama_model.get_input_embeddings().weight).argmax(-1)[0]
+        return tokenizer.decode([blsp.ctc.token_id(c) for c in greedy_classes(best)]).strip()
+
+    return transcribe
