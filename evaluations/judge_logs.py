@@ -27,9 +27,9 @@ from tqdm import tqdm
 
 from blsp_demo.judge import BACKENDS
 from blsp_demo.analysis.metrics import accept_rate, cohen_kappa, confusion_matrix
+from blsp_demo.vocab import VERDICTS
 from blsp_demo.app.store import Store, answers_frame, live_records, question_of, read_records
 
-VERDICTS = ("accept", "reject")
 NO_QUESTION = "(speech)"  # what store.question_of says for a speech turn without any transcript
 
 

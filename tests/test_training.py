@@ -4,7 +4,6 @@ identically and resume at the same step; the CTC warm start and step-1 filters w
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -20,7 +20,9 @@ from blsp_demo.ui import build_demo, launch_options
 from blsp_demo.app.annotation import Filters, context_messages, export_answers, filter_answers
 from blsp_demo.ui.annotate import AnnotateHandlers
 from blsp_demo.ui.chat import ChatHandlers
-from blsp_demo.ui.dashboard import DashboardHandlers, accept_rates, agreement, cohen_kappa
+from blsp_demo.analysis.labels import accept_rates, agreement
+from blsp_demo.analysis.metrics import cohen_kappa
+from blsp_demo.ui.dashboard import DashboardHandlers
 from blsp_demo.app.services import EnginePool, Services, load_examples
 from blsp_demo.app.session import ChatSettings
 

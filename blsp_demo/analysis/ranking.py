@@ -27,8 +27,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from blsp_demo.analysis.metrics import bootstrap_interval
+from blsp_demo.vocab import VOTE_CHOICES
 
-CHOICES = ("A", "B", "tie", "both_bad")
+CHOICES = VOTE_CHOICES
 POINTS = {"A": 1.0, "B": 0.0, "tie": 0.5, "both_bad": 0.5}  # points of the system shown as A
 PRIOR_TIES = 1.0  # virtual ties between every pair of models in the leaderboard's Bradley-Terry fit
 BT_RESAMPLES = 200  # bootstrap refits of Bradley-Terry (each a few ms for a handful of models)

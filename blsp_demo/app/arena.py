@@ -24,8 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from blsp_demo.conversation import SpeechClip
+from blsp_demo.vocab import VOTE_CHOICES
 from blsp_demo.files import content_sha256
-from blsp_demo.app.store import new_id, question_of
+from blsp_demo.app.records import new_id
+from blsp_demo.app.store import question_of
 from blsp_demo.app.services import Services
 from blsp_demo.app.limits import RateLimited, release_before_last
 from blsp_demo.app.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 
 RANDOM = "random"  # a pick that leaves the system to the draw
 SIDES = ("A", "B")
-CHOICES = ("A", "B", "tie", "both_bad")
+CHOICES = VOTE_CHOICES
 CHOICE_WORDS = {"A": "A is better", "B": "B is better", "tie": "a tie", "both_bad": "both are bad"}
 SHOWN_FIELDS = ("model", "model_id", "engine", "revision", "transcript_heard", "ttft_s", "total_s",
                 "new_tokens", "tokens_per_s")
@@ -109,9 +112,10 @@ class Arena:
 
     def with_known_transcript(self, inp: UserInput) -> UserInput:
         """A spoken example sent as a file (upload, API) is still that example: keep its transcript."""
-        if inp.audio is None or inp.transcript or not Path(inp.audio).is_file():
+        if inp.audio is None or not Path(inp.audio).is_file():
             return inp
-        return replace(inp, transcript=self.transcripts.get(content_sha256(inp.audio)))
+        clip = inp.clip or SpeechClip.of(inp.audio)  # hashed once here, for both sides of the round
+        return replace(inp, clip=clip, transcript=inp.transcript or self.transcripts.get(clip.sha256))
 
     # -- the draw
     def needs_transcript(self, spec: str) -> bool:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
+from blsp_demo.app.records import TurnRecord, new_id
+from blsp_demo.app.store import Deletion
 from blsp_demo.audio import AudioError, probe
+from blsp_demo.conversation import Conversation, SpeechClip
 from blsp_demo.files import content_sha256
 from blsp_demo.options import GenerationOptions, Response
-from blsp_demo.conversation import Conversation
-from blsp_demo.app.store import Deletion, new_id
 from blsp_demo.app.limits import RateLimited, release_before_last
 from blsp_demo.app.services import Services, gpu
 
@@ -76,6 +77,7 @@ class UserInput:
     audio: str | None = None
     instruction: str = ""
     transcript: str | None = None  # known transcript of the audio (examples); the text engine needs it
+    clip: SpeechClip | None = None  # the audio, once hashed and probed where it entered (`Chat._take_audio`)
 
     def __post_init__(self):
         object.__setattr__(self, "text", valid_text(self.text or ""))
@@ -98,7 +100,7 @@ class UserInput:
 
     def add_to(self, conv: Conversation) -> Conversation:
         if self.audio is not None:
-            return conv.add_speech(self.audio, self.instruction.strip(), self.transcript)
+            return conv.add_speech(self.clip or self.audio, self.instruction.strip(), self.transcript)
         return conv.add_text(self.text.strip())
 
     def messages(self, shown_audio: str | None = None) -> list[dict]:
@@ -118,11 +120,19 @@ class Progress:
     status: str
     details: dict | None = None  # set when the turn is done
     done: bool = False
-    record: dict | None = None  # the turn record, once it is logged
+    record: dict | None = None  # the turn record as written, once it is logged
 
 
 class TurnFailed(Exception):
     """A turn could not be answered; the message is for the user, the attempt was logged."""
+
+
+class TurnAudioError(Exception):
+    """Audio refused where it entered, with the turn record that describes it (hash, name)."""
+
+    def __init__(self, turn: TurnRecord, error: Exception):
+        super().__init__(str(error))
+        self.turn, self.error = turn, error
 
 
 class Cancelled(RuntimeError):
@@ -162,85 +172,93 @@ class Chat:
         (after logging the attempt) with the state untouched when the turn cannot be answered.
         `client` (the browser tab's or API client's session) is admitted by the rate limit first."""
         t0 = time.perf_counter()
-        fields = {**self._turn_fields(state, settings, inp), **(extra or {})}
+        turn = self._turn_record(state, settings, inp, extra or {})
         try:
             admitted = self.gate.enter(client) if client is not None else None
         except RateLimited as err:
-            raise TurnFailed(self._log_failure(state, fields, err)) from err
+            raise TurnFailed(self._log_failure(turn, err)) from err
         # a client that leaves mid-answer closes `_answer`, which logs the turn as cancelled
-        yield from release_before_last(self._answer(state, settings, inp, fields, t0),
+        yield from release_before_last(self._answer(state, settings, inp, turn, t0),
                                        lambda: admitted is not None and self.gate.leave(admitted))
 
-    def _answer(self, state: ChatState, settings: ChatSettings, inp: UserInput, fields: dict,
+    def _answer(self, state: ChatState, settings: ChatSettings, inp: UserInput, turn: TurnRecord,
                 t0: float) -> Iterator[Progress]:
         try:
             inp.check()
-            shown = self._take_audio(inp.audio, settings.keep_audio, state.session, fields) \
-                if inp.audio is not None else None
+            if inp.audio is not None:
+                turn, inp, shown = self._take_audio(inp, settings.keep_audio, state.session, turn)
+            else:
+                shown = None
             conv = inp.add_to(state.conversation)
             history = [*state.history, *inp.messages(shown)]
             loading = not self.pool.is_loaded(settings.model)
             yield Progress(history, state, f"Loading {settings.model} (first use)…" if loading else "Thinking…")
             engine = self.pool.get(settings.model)
-            fields.update(model_id=engine.model_id, revision=getattr(engine, "revision", ""), engine=engine.name)
+            turn = replace(turn, model_id=engine.model_id, revision=getattr(engine, "revision", ""), engine=engine.name)
             response, app_ttft = None, None
             for chunk in generate(engine, conv, settings.options):
                 app_ttft = app_ttft if app_ttft is not None else time.perf_counter() - t0
                 response = chunk.response or response
                 yield Progress([*history, {"role": "assistant", "content": chunk.text}], state, "Answering…")
         except GeneratorExit:  # the client left mid-answer (or a Compare round stopped this side)
-            self._log_failure(state, fields, Cancelled("The answer was cancelled before it was complete."))
+            self._log_failure(turn, Cancelled("The answer was cancelled before it was complete."))
             raise
+        except TurnAudioError as err:
+            raise TurnFailed(self._log_failure(err.turn, err.error)) from err.error
         except Exception as err:  # noqa: BLE001 - every failure is logged and shown; the state stays
-            raise TurnFailed(self._log_failure(state, fields, err)) from err
-        yield self._finish(state, history, conv, fields, response, app_ttft)
+            raise TurnFailed(self._log_failure(turn, err)) from err
+        yield self._finish(state, history, conv, turn, response, app_ttft)
 
-    def _finish(self, state, history, conv, fields, response: Response, app_ttft) -> Progress:
-        record = self.store.append("turn", state.session, **fields, **response_fields(response),
-                                   app_ttft_s=app_ttft, error=None, error_code=None)
+    def _finish(self, state, history, conv, turn: TurnRecord, response: Response, app_ttft) -> Progress:
+        record = self.store.write(replace(turn, **response_fields(response), app_ttft_s=app_ttft))
         history = [*history, {"role": "assistant", "content": response.text}]
         index = len(history) - 1
         new = replace(state, conversation=conv.add_reply(response.text), history=tuple(history),
                       answers=state.answers + ((index, record["id"]),))
-        details = {"turn_id": record["id"], "message_index": index, "model": fields["model"],
-                   "engine": fields.get("engine"), "response": response.text,
+        details = {"turn_id": record["id"], "message_index": index, "model": turn.model,
+                   "engine": turn.engine, "response": response.text,
                    "transcript_heard": response.transcript, "ttft_s": round(response.ttft_s, 3),
                    "app_ttft_s": round(app_ttft or 0.0, 3), "total_s": round(response.total_s, 3),
                    "tokens_per_s": round(response.tokens_per_s, 2), "new_tokens": response.new_tokens,
                    "notices": list(response.notices)}
-        return Progress(history, new, status_line(fields["model"], response), details, done=True, record=record)
+        return Progress(history, new, status_line(turn.model, response), details, done=True, record=record)
 
-    def _turn_fields(self, state: ChatState, settings: ChatSettings, inp: UserInput) -> dict:
-        return {"conversation": state.conversation.id, "turn_index": state.user_turns,
-                "modality": inp.modality, "instruction": inp.instruction.strip() if inp.audio else "",
-                "text": inp.text.strip() if inp.audio is None else "", "transcript": inp.transcript,
-                "audio_sha256": None, "audio_name": None, "audio_path": None, "audio_kept": None,
-                "audio_duration_s": None, "audio_sample_rate": None, "audio_channels": None, "audio_codec": None,
-                "model": settings.model, "model_id": None, "revision": None, "engine": None,
-                "options": settings.options.to_dict()}
+    def _turn_record(self, state: ChatState, settings: ChatSettings, inp: UserInput, extra: dict) -> TurnRecord:
+        return TurnRecord(session=state.session, conversation=state.conversation.id, turn_index=state.user_turns,
+                          modality=inp.modality, instruction=inp.instruction.strip() if inp.audio else "",
+                          text=inp.text.strip() if inp.audio is None else "", transcript=inp.transcript,
+                          system_prompt=state.conversation.system, model=settings.model,
+                          options=settings.options.to_dict(), extra=extra)
 
-    def _take_audio(self, path: str, keep: bool, session: str, fields: dict) -> str | None:
-        """Describe the audio in `fields` (its hash first, so a failure is logged with it), then
-        store it when the person agreed; returns the path to show. Only files that hold audio are
-        stored: anything else was refused by the probe before."""
+    def _take_audio(self, inp: UserInput, keep: bool, session: str,
+                    turn: TurnRecord) -> tuple[TurnRecord, UserInput, str | None]:
+        """Where audio enters: hash and probe it once (its `SpeechClip` travels in the turn from
+        here on), describe it in the turn record, store it when the person agreed. Returns the
+        record, the input with its clip, and the path to show. A failure is logged with the hash;
+        only files that hold audio are stored (the probe refuses anything else)."""
+        path = inp.audio
         if not Path(path).is_file():
             raise AudioError("not_found", "The audio did not arrive on the server; record or upload it again.")
-        fields.update(audio_sha256=content_sha256(path), audio_name=Path(path).name, audio_kept=keep)
-        info = probe(path)  # AudioError when it is not audio at all
-        fields.update(audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
-                      audio_channels=info.source_channels, audio_codec=info.codec)
-        stored = self.store.save_audio(path, session, fields["audio_sha256"]) if keep else None
-        fields.update(audio_path=stored.path if stored else None)
-        return str(self.store.data_dir / stored.path) if stored else None
+        digest = inp.clip.sha256 if inp.clip is not None else content_sha256(path)
+        turn = replace(turn, audio_sha256=digest, audio_name=Path(path).name, audio_kept=keep)
+        try:
+            info = probe(path)  # AudioError when it is not audio at all
+        except AudioError as err:
+            raise TurnAudioError(turn, err) from None
+        turn = replace(turn, audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
+                       audio_channels=info.source_channels, audio_codec=info.codec)
+        clip = SpeechClip(str(path), digest, info.duration_s, info.source_sample_rate)
+        stored = self.store.save_audio(path, session, digest) if keep else None
+        turn = replace(turn, audio_path=stored.path if stored else None)
+        return turn, replace(inp, clip=clip), str(self.store.data_dir / stored.path) if stored else None
 
-    def _log_failure(self, state: ChatState, fields: dict, err: Exception) -> str:
+    def _log_failure(self, turn: TurnRecord, err: Exception) -> str:
         user_error = isinstance(err, (ValueError, RuntimeError))  # AudioError, bad input, WeightsError
         message = str(err) if user_error else f"Something went wrong ({type(err).__name__}: {err})."
         if not user_error:
             log.exception("turn failed", exc_info=err)
         try:
-            self.store.append("turn", state.session, **fields, **response_fields(None),
-                              error=message, error_code=getattr(err, "code", type(err).__name__))
+            self.store.write(replace(turn, error=message, error_code=getattr(err, "code", type(err).__name__)))
         except OSError:
             log.exception("could not log a failed turn")
         return message
@@ -275,11 +293,8 @@ class Chat:
         return ChatState(), deletion
 
 
-def response_fields(response: Response | None) -> dict:
-    if response is None:
-        return {"response": None, "transcript_heard": None, "ttft_s": None, "total_s": None, "new_tokens": None,
-                "tokens_per_s": None, "prefill_tokens": None, "cached_tokens": None, "finish_reason": None,
-                "notices": []}
+def response_fields(response: Response) -> dict:
+    """The turn record's fields that come from the engine's response."""
     return {"response": response.text, "transcript_heard": response.transcript, "ttft_s": response.ttft_s,
             "total_s": response.total_s, "new_tokens": response.new_tokens, "tokens_per_s": response.tokens_per_s,
             "prefill_tokens": response.prefill_tokens, "cached_tokens": response.cached_tokens,

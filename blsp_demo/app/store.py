@@ -33,19 +33,19 @@ import logging
 import os
 import shutil
 import threading
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
+
+from blsp_demo.app.records import (RECORD_TYPES, DeletionRecord, LabelRecord, Record, VoteRecord, new_id,
+                                   now_iso)
+from blsp_demo.vocab import LABEL_VERDICTS, VERDICTS, VOTE_CHOICES
 
 log = logging.getLogger(__name__)
 
 RECORDS_DIR = "records"
 AUDIO_DIR = "audio"
 RECOVERED_DIR = "recovered"
-KINDS = ("turn", "label", "judgement", "vote", "deletion", "rejected")
-VERDICTS = ("accept", "reject", "unset")
-VOTE_CHOICES = ("A", "B", "tie", "both_bad")
 # Stored audio is served back to the browser (inline, typed by its extension), so only media
 # extensions are kept: an upload named page.html or x.svg is stored as .bin, never served as a page.
 MEDIA_EXTS = frozenset({"wav", "wave", "flac", "mp3", "ogg", "oga", "opus", "webm", "weba", "m4a", "mp4",
@@ -55,14 +55,6 @@ try:  # advisory locks tell a live writer's file from a crashed one's (POSIX onl
     import fcntl
 except ImportError:  # Windows: torn tails are still skipped by readers, just not moved away
     fcntl = None
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -186,10 +178,15 @@ class Store:
 
     # -- records
     def append(self, kind: str, session: str, **fields) -> dict:
-        """Write one record and return it once it is on disk."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown record kind {kind!r}; expected one of {KINDS}")
-        record = {"kind": kind, "id": new_id(), "ts": now_iso(), "session": session, **fields}
+        """Write a record of `kind` with these fields (see `records`); returns it as written."""
+        if kind not in RECORD_TYPES:
+            raise ValueError(f"unknown record kind {kind!r}; expected one of {tuple(RECORD_TYPES)}")
+        return self.write(RECORD_TYPES[kind].from_json({**fields, "session": session}))
+
+    def write(self, record: Record) -> dict:
+        """Write one record (stamped now) and return its JSON object once it is on disk."""
+        record = replace(record, id=new_id(), ts=now_iso())
+        record = record.to_json()
         line = json_line(record)
         with self.lock:
             f = self._open()
@@ -211,18 +208,20 @@ class Store:
                 self._file.close()
                 self._file = None
 
-    def label(self, session: str, turn_id: str, verdict: str, reason: str = "", **fields) -> dict:
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}; got {verdict!r}")
+    def label(self, session: str, turn_id: str, verdict: str, reason: str = "", annotator: str = "",
+              **extra) -> dict:
+        if verdict not in LABEL_VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(LABEL_VERDICTS)}; got {verdict!r}")
         if not turn_id:
             raise ValueError("a label needs the id of the turn it is about")
-        return self.append("label", session, turn_id=turn_id, verdict=verdict, reason=(reason or "").strip(),
-                           **fields)
+        return self.write(LabelRecord(session=session, turn_id=turn_id, verdict=verdict,
+                                      reason=(reason or "").strip(), annotator=annotator, extra=extra))
 
-    def vote(self, session: str, choice: str, reason: str = "", **fields) -> dict:
+    def vote(self, session: str, choice: str, reason: str = "", annotator: str = "", **extra) -> dict:
         if choice not in VOTE_CHOICES:
             raise ValueError(f"a vote is one of {', '.join(VOTE_CHOICES)}; got {choice!r}")
-        return self.append("vote", session, choice=choice, reason=(reason or "").strip(), **fields)
+        return self.write(VoteRecord(session=session, choice=choice, reason=(reason or "").strip(),
+                                     annotator=annotator, extra=extra))
 
     def read(self) -> ReadResult:
         return read_records(self.data_dir)
@@ -259,8 +258,8 @@ class Store:
                             and r.get("audio_sha256") not in shared})
             for users in self._audio_users.values():
                 users.discard(session)
-        record = self.append("deletion", session, deleted_session=session, records_deleted=len(mine),
-                             audio_removed=paths)
+        record = self.write(DeletionRecord(session=session, deleted_session=session, records_deleted=len(mine),
+                                           audio_removed=paths))
         with self.lock:
             for rel in paths:
                 with contextlib.suppress(FileNotFoundError):
@@ -321,15 +320,15 @@ def latest_verdicts(records: Iterable[dict], kind: str) -> dict[str, dict]:
     label; a judgement that could not judge does not hide an earlier verdict)."""
     latest: dict[str, dict] = {}
     for r in sorted((r for r in records if r.get("kind") == kind), key=lambda r: str(r.get("ts"))):
-        if kind == "judgement" and verdict_of(r) not in ("accept", "reject"):
+        if kind == "judgement" and verdict_of(r) not in VERDICTS:
             continue
         latest[r["turn_id"]] = r
-    return {t: r for t, r in latest.items() if verdict_of(r) in ("accept", "reject")}
+    return {t: r for t, r in latest.items() if verdict_of(r) in VERDICTS}
 
 
 def verdict_of(record: dict) -> str | None:
     """`verdict` (accept|reject|unset); judgements may say `acceptable: bool` instead."""
-    if record.get("verdict") is not None:
+    if record.get("verdict"):
         return str(record["verdict"])
     if isinstance(record.get("acceptable"), bool):
         return "accept" if record["acceptable"] else "reject"

@@ -24,6 +24,8 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from blsp_demo.judge.backends import JudgeError, OpenAIBackend
+
 
 class ServerError(RuntimeError):
     """The server could not be started (package missing, bad model file, not ready in time)."""
@@ -138,7 +140,6 @@ class LlamaServerBackend:
     """The judge's `openai` backend against a llama.cpp server this backend starts and owns."""
 
     def __init__(self, options: ServerOptions | None = None, **openai_kw):
-        from blsp_demo.judge import JudgeError, OpenAIBackend
 
         try:
             self.server = LlamaServer(options or ServerOptions()).start()
@@ -149,7 +150,6 @@ class LlamaServerBackend:
         self.params = self._openai.params
 
     def complete(self, messages: list[dict]) -> str:
-        from blsp_demo.judge import JudgeError
 
         try:
             return self._openai.complete(messages)

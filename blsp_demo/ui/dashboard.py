@@ -13,49 +13,11 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
+from blsp_demo.analysis.labels import SOURCES, accept_rates, agreement
 from blsp_demo.analysis.ranking import PRIOR_TIES, leaderboard
+from blsp_demo.vocab import VERDICTS
 from blsp_demo.app.store import answers_frame, votes_frame
 from blsp_demo.app.services import Services
-
-VERDICTS = ("accept", "reject")
-SOURCES = {"label": "human", "judge": "judge"}
-
-
-def accept_rates(frame):
-    """One row per (model, modality, source): n verdicts, n accepted, rate."""
-    import pandas as pd
-
-    rows = []
-    for column, source in SOURCES.items():
-        judged = frame[frame[column].isin(VERDICTS)]
-        for (model, modality), group in judged.groupby(["model", "modality"], sort=True):
-            accepted = int((group[column] == "accept").sum())
-            rows.append({"model": model, "modality": modality, "source": source, "n": len(group),
-                         "accepted": accepted, "rate": accepted / len(group)})
-    return pd.DataFrame(rows, columns=["model", "modality", "source", "n", "accepted", "rate"])
-
-
-def cohen_kappa(a: list[str], b: list[str]) -> float:
-    """Cohen's kappa of two raters over the same items; nan when undefined (no items, or both
-    raters always gave one and the same verdict)."""
-    n = len(a)
-    if n == 0 or n != len(b):
-        return math.nan
-    cats = sorted(set(a) | set(b))
-    observed = sum(x == y for x, y in zip(a, b)) / n
-    expected = sum((a.count(c) / n) * (b.count(c) / n) for c in cats)
-    return math.nan if expected == 1 else (observed - expected) / (1 - expected)
-
-
-def agreement(frame):
-    """Human vs judge on the answers both rated: (n, kappa, confusion table human x judge)."""
-    import pandas as pd
-
-    both = frame[frame["label"].isin(VERDICTS) & frame["judge"].isin(VERDICTS)]
-    confusion = pd.crosstab(pd.Categorical(both["label"], VERDICTS), pd.Categorical(both["judge"], VERDICTS),
-                            rownames=["human"], colnames=["judge"], dropna=False)
-    return len(both), cohen_kappa(list(both["label"]), list(both["judge"])), confusion
-
 
 def _empty(fig: Figure, text: str) -> Figure:
     ax = fig.add_subplot()
