@@ -116,10 +116,14 @@ def cmd_record(args) -> int:
 
 
 def cmd_models(_args) -> int:
-    from blsp_demo.engine.registry import REGISTRY
+    from blsp_demo.engine.registry import DEFAULT_MODEL, REGISTRY
+    from blsp_demo.weights.llms import get_llm
 
     for name, entry in REGISTRY.items():
-        print(f"{name:15s} {entry.system:8s} {entry.description}")
+        llm = get_llm(entry.llm)
+        default = "  (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:15s} {entry.system:8s} {entry.description}{default}\n{'':24s}LLM {llm.name}: {llm.licence}; "
+              f"{llm.source}")
     return 0
 
 

@@ -59,6 +59,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
         instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=(),
     ),
 }
+# Qwen2.5 instruct models: ChatML with Qwen's own default system prompt.
+TEMPLATES["qwen-chatml"] = replace(TEMPLATES["chatml"], name="qwen-chatml",
+                                   system_default="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
 # LLaSM (LinkSoul-AI/LLaSM `infer_tokenize.py`). Chinese-Llama-2: llama2-inst, with the system text
 # both first on its own and inside the first [INST], and each human turn encoded in one call.
 TEMPLATES["llasm-llama2"] = replace(TEMPLATES["llama2-inst"], name="llasm-llama2", system_repeated=True,

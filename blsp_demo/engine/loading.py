@@ -22,6 +22,7 @@ from blsp_demo.weights import sources
 from blsp_demo.weights.checkpoints import (bundled_llm, detect_family, load_blsp_folder, load_llasm,
                                            load_micro_blsp, template_for_tokenizer)
 from blsp_demo.weights.devices import Placement, placement
+from blsp_demo.weights.llms import get_llm
 
 def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm=None, tokenizer=None,
                  template: str = "chatml", extractor=None, revision: str = "", window: str | None = None,
@@ -55,9 +56,10 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
             return build_engine(spec if system == entry.system else f"{spec}:{system}", system, place, blsp=model,
                                 tokenizer=tok, extractor=fx, template=model.config.prompt_template,
                                 revision=mid, **kw)
-        llm, tok = bundled_llm(place.dtype)
-        return build_engine(spec, system, place, llm=llm.to(place.device), tokenizer=tok, template="chatml",
-                            revision="smollm2-135m-instruct-q4_1", **kw)
+        bundled = get_llm(entry.llm)
+        llm, tok = bundled_llm(place.dtype, bundled.name)
+        return build_engine(spec, system, place, llm=llm.to(place.device), tokenizer=tok, template=bundled.template,
+                            revision=bundled.revision, **kw)
     folder = sources.resolve_checkpoint(spec, revision)
     config = json.loads((folder / "config.json").read_text())
     family = detect_family(config)

@@ -18,6 +18,7 @@ class RegisteredModel:
     system: str
     folder: Path | None  # a BLSP folder (micro layout) or None for the bundled LLM alone
     description: str
+    llm: str = "smollm2-135m-instruct"  # a key of weights.llms.BUNDLED_LLMS (for folder None)
 
 
 REGISTRY: dict[str, RegisteredModel] = {
@@ -27,4 +28,9 @@ REGISTRY: dict[str, RegisteredModel] = {
     "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
     "micro-ctc": RegisteredModel("ctc", MICRO_BLSP,
                                  "micro-blsp's CTC head transcribes -> SmolLM2-135M-Instruct (CTC+LLM)"),
+    "qwen-cascade": RegisteredModel("cascade", None,
+                                    "Whisper base ASR -> Qwen2.5-Coder-0.5B-Instruct (Whisper+LLM)",
+                                    llm="qwen2.5-coder-0.5b-instruct"),
+    "qwen-text": RegisteredModel("text", None, "known transcript -> Qwen2.5-Coder-0.5B-Instruct (Text+LLM)",
+                                 llm="qwen2.5-coder-0.5b-instruct"),
 }

