@@ -12,7 +12,10 @@ from typing import Callable
 
 from blsp_demo.app.settings import AppSettings
 from blsp_demo.app.store import Store
-from blsp_demo.app.limits import RateLimits, SessionGate
+from blsp_demo.vad import SpeechDetector
+from blsp_demo.app.limits import RateLimits, Retired, SessionGate
+from blsp_demo.app.uploads import UploadCache
+from blsp_demo.files import content_sha256
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,13 @@ class EnginePool:
     """
 
     def __init__(self, loader: Callable | None = None):
-        if loader is None:
-            from blsp_demo.engine.loading import load_engine as loader
+        if loader is None:  # KV caches bounded by bytes as well as count (BLSP_MAX_CACHE_MB)
+            from functools import partial
+
+            from blsp_demo.app.limits import engine_limits_from_env
+            from blsp_demo.engine.loading import load_engine
+
+            loader = partial(load_engine, limits=engine_limits_from_env())
         self._loader = loader
         self._engines: dict[str, object] = {}
         self._load_locks: dict[str, threading.Lock] = {}
@@ -109,6 +117,9 @@ class Services:
     model_choices: list[str] = field(default_factory=list)
     scheduler: object | None = None  # hub_push.DataDirScheduler when pushing to the Hub
     gate: SessionGate = field(default_factory=SessionGate)  # per-session turn limits (Chat and Compare)
+    speech: SpeechDetector | None = field(default_factory=SpeechDetector)  # None: no speech-presence check
+    retired: Retired = field(default_factory=Retired)  # reset/deleted under a running answer: it stops
+    uploads: UploadCache = field(default_factory=UploadCache)  # Gradio's copies of uploads (deletion)
 
     @classmethod
     def create(cls, settings: AppSettings, pool: EnginePool | None = None, hf_api=None) -> "Services":
@@ -117,25 +128,71 @@ class Services:
 
         data_dir = Path(settings.data_dir).expanduser().resolve()
         try:
-            scheduler = make_scheduler(settings.hf_dataset_repo, data_dir, hf_api=hf_api)
+            scheduler = make_scheduler(settings.hf_dataset_repo, data_dir, hf_api=hf_api,
+                                       every=settings.push_every_minutes)
         except Exception as err:  # noqa: BLE001 - a demo that logs locally beats no demo
             log.error("not pushing to the Hub dataset %s (logs stay in %s): %s",
                       settings.hf_dataset_repo, data_dir, err)
             scheduler = None
         store = Store(data_dir, lock=scheduler.lock if scheduler is not None else None)
         choices = list(dict.fromkeys([settings.model, *REGISTRY, *settings.extra_models]))
-        gate = SessionGate(RateLimits(turns_per_minute=settings.turns_per_minute))
-        return cls(settings, pool or EnginePool(), store, load_examples(), choices, scheduler, gate)
+        gate = SessionGate(RateLimits.from_env(turns_per_minute=settings.turns_per_minute))
+        examples = load_examples()
+        uploads = UploadCache(protected=frozenset(content_sha256(ex.audio) for ex in examples))
+        return cls(settings, pool or EnginePool(), store, examples, choices, scheduler, gate, uploads=uploads)
 
     def allowed_paths(self) -> list[str]:
         """Folders whose files the UI may serve: stored audio and the examples."""
         return [str(self.store.audio_dir), str(EXAMPLES_DIR)]
 
 
-def gpu(fn):
-    """`@spaces.GPU` on a Hugging Face ZeroGPU Space (the `spaces` package); unchanged elsewhere."""
+# ZeroGPU's `duration` (seconds a request may hold the GPU; shorter requests are queued first, the
+# default is 60). Estimates, not measured here (these machines have no GPU): a slot's start-up,
+# prefill and the speech encoder as a base, then the worst case of the requested answer length.
+GPU_BASE_SECONDS = 10.0
+GPU_SECONDS_PER_NEW_TOKEN = 0.08  # a 7B model in bf16 decodes faster than 12.5 tokens/s on a ZeroGPU slice
+GPU_SECONDS_PER_AUDIO_SECOND = 0.2  # Whisper encoder / ASR over the clip
+GPU_MAX_SECONDS = 120.0
+
+
+def gpu_duration(max_new_tokens: int, audio_seconds: float = 0.0) -> int:
+    """Seconds to ask ZeroGPU for: grows with the answer length and the clip, capped."""
+    seconds = (GPU_BASE_SECONDS + GPU_SECONDS_PER_NEW_TOKEN * max(0, int(max_new_tokens))
+               + GPU_SECONDS_PER_AUDIO_SECOND * max(0.0, float(audio_seconds)))
+    return int(min(GPU_MAX_SECONDS, seconds + 0.999))
+
+
+def _max_new_tokens(settings) -> int:
+    options = getattr(settings, "options", None)
+    return getattr(options, "max_new_tokens", None) or 128
+
+
+def _audio_seconds(path) -> float:
+    """The clip's length from its container (0 when unknown: a browser's WebM; then the cap of
+    `gpu_duration` and the token term still bound the request)."""
+    from blsp_demo.audio import AudioError, probe
+
+    try:
+        return float(probe(path).duration_s or 0.0) if path else 0.0
+    except (AudioError, OSError, ValueError):
+        return 0.0
+
+
+def text_turn_seconds(text, state, settings, request=None) -> int:
+    """`duration` of a typed turn (called with the handler's own arguments)."""
+    return gpu_duration(_max_new_tokens(settings))
+
+
+def audio_turn_seconds(audio, instruction, state, settings, request=None) -> int:
+    """`duration` of a spoken turn: the answer length and the clip's length."""
+    return gpu_duration(_max_new_tokens(settings), _audio_seconds(audio))
+
+
+def gpu(fn, duration=None):
+    """`@spaces.GPU` (with `duration`: seconds, or a function of fn's arguments) on a Hugging Face
+    ZeroGPU Space (the `spaces` package is importable there); `fn` unchanged elsewhere."""
     try:
         import spaces
     except ImportError:
         return fn
-    return spaces.GPU(fn)
+    return spaces.GPU(fn, duration=duration) if duration is not None else spaces.GPU(fn)

@@ -15,22 +15,18 @@ from typing import Iterator
 
 from blsp_demo.app.records import TurnRecord, new_id
 from blsp_demo.app.store import Deletion
-from blsp_demo.audio import AudioError, probe
+from blsp_demo.audio import AudioError, load_audio, probe
 from blsp_demo.conversation import Conversation, SpeechClip
 from blsp_demo.files import content_sha256
 from blsp_demo.options import GenerationOptions, Response
 from blsp_demo.app.limits import RateLimited, release_before_last
+from blsp_demo.app.persona import for_engine
 from blsp_demo.app.services import Services, gpu
+from blsp_demo.app.text import MAX_TEXT_CHARS, user_text, valid_text  # noqa: F401 - the one text validator (re-exported)
 
 log = logging.getLogger(__name__)
 
-MAX_TEXT_CHARS = 20_000  # a typed turn or an instruction: about 5k tokens, well inside the context
-
-
-def valid_text(text: str) -> str:
-    """`text` as valid Unicode: a lone surrogate (JSON can carry "\\ud800"; no encoder or tokenizer
-    takes it) becomes U+FFFD; surrogate pairs sent as two halves are joined."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+AUDIO_NOT_KEPT = "(spoken question: audio not kept)"
 
 
 @dataclass(frozen=True)
@@ -51,6 +47,7 @@ class ChatState:
     history: tuple[dict, ...] = ()  # the chatbot's messages: {"role", "content"}
     answers: tuple[tuple[int, str], ...] = ()  # (message index of an answer, its turn record id)
     verdicts: tuple[tuple[int, str], ...] = ()  # (message index, accept | reject): the thumbs to show
+    annotator: str = ""  # who labels in this session (app/identity.py); "" = anonymous
 
     def turn_id_at(self, index: int) -> str | None:
         return dict(self.answers).get(index)
@@ -93,9 +90,7 @@ class UserInput:
         if self.audio is not None and not str(self.audio).strip():
             raise AudioError("empty", "No audio arrived: record again or choose a file.")
         for what, text in (("message", self.text), ("instruction", self.instruction)):
-            if len(text) > MAX_TEXT_CHARS:
-                raise ValueError(f"The {what} is {len(text):,} characters long; the limit is {MAX_TEXT_CHARS:,}. "
-                                 "Shorten it or split it over several turns.")
+            user_text(text, what)  # ValueError over the limit
         return self
 
     def add_to(self, conv: Conversation) -> Conversation:
@@ -103,11 +98,14 @@ class UserInput:
             return conv.add_speech(self.clip or self.audio, self.instruction.strip(), self.transcript)
         return conv.add_text(self.text.strip())
 
-    def messages(self, shown_audio: str | None = None) -> list[dict]:
-        """The chatbot messages for this turn: the instruction, then the audio as a player."""
+    def messages(self, shown_audio: str | None = None, kept: bool = True) -> list[dict]:
+        """The chatbot messages for this turn: the instruction, then the audio as a player (as
+        words when the audio is not kept: a player would keep a copy on the server)."""
         if self.audio is None:
             return [{"role": "user", "content": self.text.strip()}]
         head = [{"role": "user", "content": self.instruction.strip()}] if self.instruction.strip() else []
+        if not kept and self.transcript is None:
+            return head + [{"role": "user", "content": AUDIO_NOT_KEPT}]
         return head + [{"role": "user", "content": {"path": shown_audio or self.audio}}]
 
 
@@ -133,6 +131,16 @@ class TurnAudioError(Exception):
     def __init__(self, turn: TurnRecord, error: Exception):
         super().__init__(str(error))
         self.turn, self.error = turn, error
+
+
+class TurnSuperseded(TurnFailed):
+    """The conversation was reset or the session deleted while this turn ran: nothing of it is shown."""
+
+
+class Superseded(RuntimeError):
+    """What a turn's record says when a reset or a deletion stopped it."""
+
+    code = "superseded"
 
 
 class Cancelled(RuntimeError):
@@ -164,13 +172,17 @@ class Chat:
         self.store = services.store
         self.pool = services.pool
         self.gate = services.gate
+        self.retired = services.retired
+        self.uploads = services.uploads
 
     # -- answering
     def answer(self, state: ChatState, settings: ChatSettings, inp: UserInput,
-               extra: dict | None = None, client: str | None = None) -> Iterator[Progress]:
+               extra: dict | None = None, client: str | None = None, listener=None) -> Iterator[Progress]:
         """Stream the answer to `inp`; log the turn (with the `extra` fields). Raises TurnFailed
         (after logging the attempt) with the state untouched when the turn cannot be answered.
-        `client` (the browser tab's or API client's session) is admitted by the rate limit first."""
+        `client` (the browser tab's or API client's session) is admitted by the rate limit first.
+        `listener` (e.g. `speech_out.SpokenReply`) gets the answer so far at each step (`on_text`) and
+        the final text before the turn is recorded (`on_done`, which returns record fields)."""
         t0 = time.perf_counter()
         turn = self._turn_record(state, settings, inp, extra or {})
         try:
@@ -178,11 +190,11 @@ class Chat:
         except RateLimited as err:
             raise TurnFailed(self._log_failure(turn, err)) from err
         # a client that leaves mid-answer closes `_answer`, which logs the turn as cancelled
-        yield from release_before_last(self._answer(state, settings, inp, turn, t0),
+        yield from release_before_last(self._answer(state, settings, inp, turn, t0, listener),
                                        lambda: admitted is not None and self.gate.leave(admitted))
 
     def _answer(self, state: ChatState, settings: ChatSettings, inp: UserInput, turn: TurnRecord,
-                t0: float) -> Iterator[Progress]:
+                t0: float, listener=None) -> Iterator[Progress]:
         try:
             inp.check()
             if inp.audio is not None:
@@ -190,24 +202,54 @@ class Chat:
             else:
                 shown = None
             conv = inp.add_to(state.conversation)
-            history = [*state.history, *inp.messages(shown)]
+            history = [*state.history, *inp.messages(shown, kept=settings.keep_audio)]
             loading = not self.pool.is_loaded(settings.model)
             yield Progress(history, state, f"Loading {settings.model} (first use)…" if loading else "Thinking…")
             engine = self.pool.get(settings.model)
-            turn = replace(turn, model_id=engine.model_id, revision=getattr(engine, "revision", ""), engine=engine.name)
+            asked = for_engine(conv, engine)  # without the persona where the template has no system slot
+            turn = replace(turn, model_id=engine.model_id, revision=getattr(engine, "revision", ""), engine=engine.name,
+                           system_prompt=asked.system)
             response, app_ttft = None, None
-            for chunk in generate(engine, conv, settings.options):
+            for chunk in generate(engine, asked, settings.options):
                 app_ttft = app_ttft if app_ttft is not None else time.perf_counter() - t0
                 response = chunk.response or response
+                self._check_current(state)
+                listener is not None and listener.on_text(chunk.text)
                 yield Progress([*history, {"role": "assistant", "content": chunk.text}], state, "Answering…")
+            self._check_current(state)
+            turn = replace(turn, **(listener.on_done(response.text) if listener is not None else {}))
+            done = self._finish(state, history, conv, turn, response, app_ttft)
         except GeneratorExit:  # the client left mid-answer (or a Compare round stopped this side)
             self._log_failure(turn, Cancelled("The answer was cancelled before it was complete."))
             raise
         except TurnAudioError as err:
             raise TurnFailed(self._log_failure(err.turn, err.error)) from err.error
+        except Superseded as err:  # the generator above is dropped here, which stops the engine
+            self.pool.forget(state.conversation.id)
+            raise TurnSuperseded(self._log_failure(turn, err)) from None
         except Exception as err:  # noqa: BLE001 - every failure is logged and shown; the state stays
+            if isinstance(err, AudioError) and turn.audio_path:  # refused after all: not kept
+                self.store.discard_audio(turn.audio_sha256, state.session)
+                turn = replace(turn, audio_path=None, audio_kept=False)
             raise TurnFailed(self._log_failure(turn, err)) from err
-        yield self._finish(state, history, conv, turn, response, app_ttft)
+        finally:  # "Keep my audio" off: no copy of it stays on the server once it was heard
+            if inp.audio is not None and not settings.keep_audio:
+                self.forget_upload(inp)
+        yield done
+
+    def forget_upload(self, inp: UserInput) -> list:
+        """Remove the upload of `inp` and every cached copy of it (not the spoken examples)."""
+        path = Path(inp.audio)
+        digest = inp.clip.sha256 if inp.clip is not None else (content_sha256(path) if path.is_file() else None)
+        return self.uploads.purge(digest, also=path)
+
+    def is_current(self, state: ChatState) -> bool:
+        """False once the conversation was reset or the session deleted."""
+        return not self.retired.any(state.conversation.id, state.session)
+
+    def _check_current(self, state: ChatState) -> None:
+        if not self.is_current(state):
+            raise Superseded("A new conversation was started (or the session's data deleted) during this answer.")
 
     def _finish(self, state, history, conv, turn: TurnRecord, response: Response, app_ttft) -> Progress:
         record = self.store.write(replace(turn, **response_fields(response), app_ttft_s=app_ttft))
@@ -247,6 +289,11 @@ class Chat:
             raise TurnAudioError(turn, err) from None
         turn = replace(turn, audio_duration_s=info.duration_s, audio_sample_rate=info.source_sample_rate,
                        audio_channels=info.source_channels, audio_codec=info.codec)
+        try:
+            if self.services.speech is not None:  # noise, music, hum: refused before any model hears it
+                self.services.speech.check(load_audio(path))
+        except AudioError as err:
+            raise TurnAudioError(turn, err) from None
         clip = SpeechClip(str(path), digest, info.duration_s, info.source_sample_rate)
         stored = self.store.save_audio(path, session, digest) if keep else None
         turn = replace(turn, audio_path=stored.path if stored else None)
@@ -259,8 +306,8 @@ class Chat:
             log.exception("turn failed", exc_info=err)
         try:
             self.store.write(replace(turn, error=message, error_code=getattr(err, "code", type(err).__name__)))
-        except OSError:
-            log.exception("could not log a failed turn")
+        except (OSError, ValueError):  # disk full (NotSaved), or a session deleted meanwhile
+            log.warning("could not log a failed turn", exc_info=True)
         return message
 
     # -- labels, reset, deletion
@@ -278,19 +325,25 @@ class Chat:
         if turn_id is None:
             raise ValueError(f"Message {index} is not an answer of this conversation; "
                              f"answers are at {[i for i, _ in state.answers] or 'no index yet'}.")
-        record = self.store.label(state.session, turn_id, verdict, reason, source=source, message_index=index)
+        record = self.store.label(state.session, turn_id, verdict, reason, annotator=state.annotator,
+                                  source=source, message_index=index)
         return record, state.with_verdict(index, verdict)
 
     def reset(self, state: ChatState) -> ChatState:
-        """A new conversation in the same session; the old one's KV cache is dropped."""
+        """A new conversation in the same session; the old one's KV cache is dropped (and an
+        answer still running in it stops and writes nothing back)."""
+        self.retired.retire(state.conversation.id)
         self.pool.forget(state.conversation.id)
-        return ChatState(session=state.session)
+        return ChatState(session=state.session, annotator=state.annotator,  # the persona stays
+                         conversation=Conversation(system=state.conversation.system))
 
     def delete_session(self, state: ChatState) -> tuple[ChatState, Deletion]:
-        """Delete everything this session logged; carry on as a new session."""
+        """Delete everything this session logged (an answer still running stops); carry on as a new session."""
+        self.retired.retire(state.conversation.id, state.session)
         self.pool.forget(state.conversation.id)
         deletion = self.store.delete_session(state.session)
-        return ChatState(), deletion
+        copies = [str(p) for h in deletion.audio_hashes for p in self.uploads.purge(h)]  # the web cache's too
+        return ChatState(annotator=state.annotator), replace(deletion, copies_removed=tuple(copies))
 
 
 def response_fields(response: Response) -> dict:
