@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--text", help="a typed turn")
     chat.add_argument("--instruction", default="", help="text placed before the speech (e.g. 'Please repeat the following words.')")
     chat.add_argument("--transcript", default=None, help="known transcript of --audio (used by the text system)")
+    chat.add_argument("--no-speech-check", action="store_true",
+                      help="answer --audio even when voice-activity detection finds no speech in it")
     rec = sub.add_parser("record", help="record a question from the local microphone and answer it")
     _add_model_args(rec)
     rec.add_argument("--seconds", type=float, default=None, help="record this long (default: until Enter)")
@@ -82,6 +84,11 @@ def cmd_chat(args) -> int:
         print("error: give --audio FILE and/or --text TEXT", file=sys.stderr)
         return 2
     try:
+        if args.audio and not getattr(args, "no_speech_check", False):  # noise, music, hum: refused before loading a model
+            from blsp_demo.audio import load_audio
+            from blsp_demo.vad import SpeechDetector
+
+            SpeechDetector().check(load_audio(args.audio))
         engine = load_engine(args.model or _default_model(), args.system, device=args.device)
         turns = []
         if args.audio:
@@ -122,8 +129,9 @@ def cmd_models(_args) -> int:
     for name, entry in REGISTRY.items():
         llm = get_llm(entry.llm)
         default = "  (default)" if name == DEFAULT_MODEL else ""
+        hub_note = f"; without those packages: Hub {llm.hub.repo_id}@{llm.hub.revision}" if llm.hub else ""
         print(f"{name:15s} {entry.system:8s} {entry.description}{default}\n{'':24s}LLM {llm.name}: {llm.licence}; "
-              f"{llm.source}")
+              f"{llm.source}{hub_note}")
     return 0
 
 

@@ -49,6 +49,16 @@ def test_text_model_answers_typed_text():
     assert "paris" in json.loads(proc.stdout.strip().splitlines()[-1])["response"].lower()
 
 
+def test_noise_is_refused_before_a_model_loads(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    noise = tmp_path / "noise.wav"
+    sf.write(noise, 0.3 * np.random.default_rng(0).standard_normal(32000), 16000)
+    proc = run_cli("chat", "--model", "micro-cascade", "--audio", str(noise))
+    assert proc.returncode == 1 and "No speech was found" in proc.stderr and "Traceback" not in proc.stderr
+
+
 @pytest.mark.slow
 def test_bad_audio_gives_a_clear_error(tmp_path):
     bad = tmp_path / "notes.wav"
