@@ -64,7 +64,21 @@ def token_embeddings(llm) -> Callable[[torch.Tensor, torch.Tensor | None], torch
     return embed
 
 
-class BlspFrames:
+class FramesOnly:
+    """What a frontend that hears speech as frames says to the text questions: no speech turn
+    becomes text, no batch work, nothing transcribed."""
+
+    def speech_texts(self, conv, cache):
+        return {}
+
+    def prepare_batch(self, rows):
+        return None
+
+    def transcript(self, conv, cache):
+        return None
+
+
+class BlspFrames(FramesOnly):
     """BLSP: speech turns enter the LLM as adapter outputs (official checkpoints and micro ones)."""
 
     system = "blsp"
@@ -87,8 +101,8 @@ class BlspFrames:
     @torch.inference_mode()
     def encode_samples(self, samples) -> torch.Tensor:
         """16 kHz audio of any length -> (S, d_llm); 30 s windows are encoded apart and joined."""
-        device = next(self.model.subsampler.parameters()).device
-        dtype = next(self.model.subsampler.parameters()).dtype
+        weight = next(self.model.whisper_model.parameters())  # every BLSP layout has the encoder
+        device, dtype = weight.device, weight.dtype
         parts = []
         for window in split_windows(samples):
             features, frames = log_mel(self.feature_extractor, window, self.window)
@@ -97,17 +111,8 @@ class BlspFrames:
             parts.append(emb[0, : int(lengths[0])])
         return torch.cat(parts)
 
-    def speech_texts(self, conv, cache):
-        return {}
 
-    def prepare_batch(self, rows):
-        return None
-
-    def transcript(self, conv, cache):
-        return None
-
-
-class LlasmFrames:
+class LlasmFrames(FramesOnly):
     """LLaSM: Whisper (encoder + decoder over 64 start tokens) -> mm_projector -> 64 slots a window."""
 
     system = "llasm"
@@ -134,15 +139,6 @@ class LlasmFrames:
         states = self.tower(self.tower.features(split_windows(samples)))  # (N, 64, d_whisper)
         device = next(self.model.parameters()).device
         return self.model.project_audio(states.to(device)).flatten(0, 1)  # (N*64, d_llm)
-
-    def speech_texts(self, conv, cache):
-        return {}
-
-    def prepare_batch(self, rows):
-        return None
-
-    def transcript(self, conv, cache):
-        return None
 
 
 class AsrTranscript:
