@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 
+from blsp_demo.app.hub_push import final_push
 from blsp_demo.app.settings import AppSettings
+from blsp_demo.app.store import DataDirError
 from blsp_demo.weights.devices import set_threads
 from blsp_demo.ui import Services, build_demo, launch_options
 
@@ -35,9 +38,25 @@ def main(argv: list[str] | None = None) -> None:
     set_threads()
     settings = AppSettings.from_env(model=args.model, data_dir=args.data_dir, port=args.port,
                                     host=args.host or os.environ.get("GRADIO_SERVER_NAME"))
-    services = Services.create(settings)
-    services.pool.preload(settings.model)
+    try:
+        services = Services.create(settings)
+    except DataDirError as err:  # a read-only or missing data dir: a clear message, no traceback
+        raise SystemExit(f"error: {err}") from None
+    install_sigterm_push(services)
+    loading = services.pool.preload(settings.model)
+    if os.environ.get("SPACES_ZERO_GPU"):  # ZeroGPU: the model must be on `cuda` before the first request
+        loading.join()
     build_demo(services).launch(**launch_options(services))
+
+
+def install_sigterm_push(services) -> None:
+    """On SIGTERM (a Space stopping or restarting): push the data dir to the dataset, then exit."""
+    def on_sigterm(signum, frame):
+        logging.getLogger("app").info("SIGTERM: final push of the data dir, then exit")
+        final_push(services.scheduler)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from blsp_demo.model.blsp import BlspModel
-from blsp_demo.weights import sources
+from blsp_demo.weights import hub
 from blsp_demo.weights.devices import fast_bf16
 
 
@@ -58,10 +58,11 @@ class WhisperAsr:
 
 
 def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr:
-    """The bundled Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
+    """Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
     import whisper
 
-    model = whisper.load_model(str(sources.whisper_base().openai_checkpoint_path), device=device)
+    weights, _ = hub.whisper_base()  # the pip packages, else openai/whisper-base from the Hub
+    model = whisper.load_model(str(weights.openai_checkpoint_path), device=device)
     return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device,
                       bf16_encoder=device.type == "cpu" and fast_bf16(device))
 

@@ -7,6 +7,10 @@ folder, or a Hugging Face Hub repo id. The family comes from the folder's config
 - LLaSM: `model_type == "llaaa"` (its Whisper audio tower is a separate folder, see `load_llasm`);
 - otherwise a plain causal LM, which hears speech through the cascade (Whisper ASR).
 The `system` picks how speech reaches the LLM: `blsp`, `cascade` or `text` (LLaSM: `llasm`, its own).
+
+The LLM of a registered model is a bundled GGUF: on a CPU it runs in llama.cpp straight from that
+file (`engine.llamacpp`), elsewhere in transformers; $BLSP_LLM_RUNTIME or `runtime=` chooses
+(`engine.runtime.runtime_choice`). Folders and Hub ids run in transformers.
 """
 
 from __future__ import annotations
@@ -17,12 +21,31 @@ from blsp_demo.engine.asr import ctc_asr, whisper_asr
 from blsp_demo.engine.build import blsp_engine, cascade_engine, llasm_engine, text_engine
 from blsp_demo.engine.chat import ChatEngine, EngineLimits
 from blsp_demo.engine.registry import REGISTRY, SYSTEMS
+from blsp_demo.engine.runtime import runtime_choice
 from blsp_demo.prompts import get_template
 from blsp_demo.weights import sources
 from blsp_demo.weights.checkpoints import (bundled_llm, detect_family, load_blsp_folder, load_llasm,
                                            load_micro_blsp, template_for_tokenizer)
 from blsp_demo.weights.devices import Placement, placement
-from blsp_demo.weights.llms import get_llm
+from blsp_demo.weights.llms import DEFAULT_LLM, BundledLlm, get_llm, weights_note
+
+
+def gguf_runtime(bundled: BundledLlm, place: Placement, limits: EngineLimits, runtime: str | None = None):
+    """A llama.cpp runtime over the bundled LLM's GGUF when the choice is llama.cpp (and the GGUF's
+    pip packages are installed: the Hub fallback is no GGUF), else None."""
+    from blsp_demo.weights import hub
+
+    if runtime_choice(place.device, not hub.missing_packages(bundled.bundled), runtime) != "llama.cpp":
+        return None
+    import torch
+
+    from blsp_demo.engine.llamacpp import LlamaCppRuntime
+    from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+
+    folder, file = bundled.gguf()
+    return LlamaCppRuntime(folder / file, threads=torch.get_num_threads(), slot_id=SPEECH_PLACEHOLDER,
+                           max_context=limits.max_context)
+
 
 def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm=None, tokenizer=None,
                  template: str = "chatml", extractor=None, revision: str = "", window: str | None = None,
@@ -31,7 +54,7 @@ def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm
     tpl = get_template(template)
     common = dict(model_id=model_id, revision=revision, device=place.device, limits=limits)
     if system == "blsp":
-        return blsp_engine(blsp, tokenizer, extractor, template=tpl, window=window, **common)
+        return blsp_engine(blsp, tokenizer, extractor, template=tpl, window=window, runtime=llm, **common)
     llm = llm if llm is not None else blsp.llama_model
     if system == "cascade":
         return cascade_engine(llm, tokenizer, tpl, whisper_asr(place.device), **common)
@@ -44,8 +67,10 @@ def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm
 
 def load_engine(spec: str, system: str | None = None, *, device: str | None = None, dtype: str | None = None,
                 revision: str | None = None, window: str | None = None, audio_tower: str | None = None,
-                template: str | None = None, limits: EngineLimits = EngineLimits()) -> ChatEngine:
-    """A ready engine for a model spec (see the module docstring)."""
+                template: str | None = None, limits: EngineLimits = EngineLimits(),
+                runtime: str | None = None) -> ChatEngine:
+    """A ready engine for a model spec (see the module docstring); `runtime`: auto | llama.cpp | torch
+    for a registered model's LLM (default $BLSP_LLM_RUNTIME, else auto)."""
     place = placement(device, dtype)
     kw = dict(window=window, limits=limits)
     if spec in REGISTRY:
@@ -53,13 +78,22 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
         system = system or entry.system
         if entry.folder is not None:
             model, tok, fx, mid = load_micro_blsp(entry.folder, place)
+            fast = gguf_runtime(get_llm(DEFAULT_LLM), place, limits, runtime)  # the micro layout's LLM
             return build_engine(spec if system == entry.system else f"{spec}:{system}", system, place, blsp=model,
-                                tokenizer=tok, extractor=fx, template=model.config.prompt_template,
+                                llm=fast, tokenizer=tok, extractor=fx, template=model.config.prompt_template,
                                 revision=mid, **kw)
         bundled = get_llm(entry.llm)
-        llm, tok = bundled_llm(place.dtype, bundled.name)
-        return build_engine(spec, system, place, llm=llm.to(place.device), tokenizer=tok, template=bundled.template,
-                            revision=bundled.revision, **kw)
+        fast = gguf_runtime(bundled, place, limits, runtime)
+        if fast is not None:  # llama.cpp over the GGUF: no torch copy of the LLM at all
+            llm, tok = fast, sources.load_gguf_tokenizer(*bundled.gguf())
+        else:
+            llm, tok = bundled_llm(place.dtype, bundled.name)
+            llm = llm.to(place.device)
+        engine = build_engine(spec, system, place, llm=llm, tokenizer=tok,
+                              template=bundled.template, revision=bundled.revision, **kw)
+        # after loading, the parts' weights sources: "" when all came from the pip packages
+        engine.revision += weights_note(bundled.name, whisper=system == "cascade")
+        return engine
     folder = sources.resolve_checkpoint(spec, revision)
     config = json.loads((folder / "config.json").read_text())
     family = detect_family(config)

@@ -16,8 +16,11 @@ import gradio as gr
 
 from blsp_demo.options import GenerationOptions
 from blsp_demo.prompts import INSTRUCTIONS, instruction_text
-from blsp_demo.app.services import Services
-from blsp_demo.app.session import Chat, ChatSettings, ChatState, TurnFailed, UserInput, verdict_from_liked
+from blsp_demo.app.limits import ClientKey, session_ttl_s
+from blsp_demo.app.services import Services, audio_turn_seconds, gpu, text_turn_seconds
+from blsp_demo.ui.voice import build_voice_panel
+from blsp_demo.app.session import (Chat, ChatSettings, ChatState, TurnFailed, TurnSuperseded, UserInput,
+                                   verdict_from_liked)
 
 CONSENT = (
     "**Your data.** Questions you type or speak, and the answers, are logged to evaluate the model "
@@ -55,12 +58,16 @@ class ChatHandlers:
 
     def _turn(self, state, settings, inp: UserInput, cleared, sent, request=None):
         state = state or ChatState()
-        try:
+        try:  # the state is written only when the turn is done: a reset meanwhile is never undone
             for step in self.chat.answer(state, settings, inp, client=client_key(request, state)):
-                yield step.history, step.details if step.done else gr.skip(), step.status, cleared, step.state
+                yield (step.history, step.details if step.done else gr.skip(), step.status, cleared,
+                       step.state if step.done else gr.skip())
+        except TurnSuperseded:  # reset or deleted during the answer: what they showed stays
+            return
         except TurnFailed as err:
             # give the input back so the person can fix it; the conversation is as it was
-            yield list(state.history), gr.skip(), f"**Error:** {err}", sent, state
+            kept = state if self.chat.is_current(state) else gr.skip()  # a reset meanwhile stays
+            yield list(state.history), gr.skip(), f"**Error:** {err}", sent, kept
             raise gr.Error(str(err), print_exception=False) from None
 
     @staticmethod
@@ -103,7 +110,8 @@ class ChatHandlers:
     def delete_my_data(self, state: ChatState | None):
         new, deletion = self.chat.delete_session(state or ChatState())
         msg = (f"Deleted this session's data: {deletion.records_deleted} records marked deleted, "
-               f"{len(deletion.audio_removed)} audio files removed. You are now in a new session.")
+               f"{len(deletion.audio_removed)} audio files removed (and {len(deletion.copies_removed)} copies "
+               "in the upload cache). You are now in a new session.")
         return [], None, msg, new
 
     def settings(self, model, temperature, top_p, max_new_tokens, beams, keep_audio) -> ChatSettings:
@@ -117,11 +125,19 @@ class ChatHandlers:
         return instruction_text(task, **fields)
 
 
-def client_key(request, state: ChatState | None) -> str | None:
-    """Whom the rate limit counts: the browser tab's or API client's Gradio session (one per
-    `gradio_client.Client`), else the app's session id (handlers called without a request)."""
+def client_key(request, state: ChatState | None) -> ClientKey | None:
+    """Whom the rate limit counts (`app.limits.ClientKey`): the browser tab's or API client's Gradio
+    session (else the app's session id: handlers called without a request), and what the client
+    cannot choose: the connection's address, X-Forwarded-For (used only when the host trusts it),
+    the logged-in user."""
     session_hash = getattr(request, "session_hash", None)
-    return f"gradio:{session_hash}" if session_hash else (state.session if state else None)
+    session = f"gradio:{session_hash}" if session_hash else (state.session if state else None)
+    if session is None:
+        return None
+    headers = getattr(request, "headers", None) or {}
+    return ClientKey(session=session, host=getattr(getattr(request, "client", None), "host", None),
+                     forwarded_for=headers.get("x-forwarded-for", "") if hasattr(headers, "get") else "",
+                     user=getattr(request, "username", None))
 
 
 @dataclass
@@ -135,7 +151,8 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
     h = ChatHandlers(services)
     default = ChatSettings(model=services.settings.model,
                            options=GenerationOptions(max_new_tokens=services.settings.max_new_tokens))
-    state = gr.State(None, delete_callback=lambda s: s and services.pool.forget(s.conversation.id))
+    state = gr.State(None, time_to_live=session_ttl_s(),  # idle sessions give their memory back
+                     delete_callback=lambda s: s and services.pool.forget(s.conversation.id))
     settings = gr.State(default)
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -185,9 +202,10 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
     fb_button = gr.Button(visible=False)
 
     turn = dict(concurrency_id="generate", concurrency_limit=concurrency)
-    text_turn = dict(fn=h.chat_text, inputs=[text_in, state, settings],
+    # on ZeroGPU each turn holds the GPU for a duration sized from its own request (services.gpu)
+    text_turn = dict(fn=gpu(h.chat_text, duration=text_turn_seconds), inputs=[text_in, state, settings],
                      outputs=[chatbot, details, status, text_in, state], **turn)
-    audio_turn = dict(fn=h.chat_audio, inputs=[mic, instruction, state, settings],
+    audio_turn = dict(fn=gpu(h.chat_audio, duration=audio_turn_seconds), inputs=[mic, instruction, state, settings],
                       outputs=[chatbot, details, status, mic, state], **turn)
     turn_events = [
         text_in.submit(api_name="chat_text", **text_turn),
@@ -213,4 +231,5 @@ def build_chat_tab(services: Services, concurrency: int) -> ChatTab:
                   preset, [target, labels], api_visibility="private", queue=False)
     for src in (preset, target, labels):
         src.change(h.preset, [preset, target, labels], instruction, api_visibility="private", queue=False)
+    build_voice_panel(services, h.chat, client_key, state, settings, chatbot, status, details, concurrency)  # ui/voice.py
     return ChatTab(state, chatbot, settings)

@@ -12,9 +12,9 @@ import torch
 
 from blsp_demo.files import content_sha256
 from blsp_demo.model.blsp import BlspConfig, BlspModel
-from blsp_demo.weights import sources
+from blsp_demo.weights import hub, sources
 from blsp_demo.weights.devices import Placement
-from blsp_demo.weights.llms import DEFAULT_LLM, load_bundled_llm
+from blsp_demo.weights.llms import DEFAULT_LLM, load_bundled_llm, weights_note
 
 
 def detect_family(config: dict) -> str:
@@ -67,7 +67,7 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     """Bundled Whisper base encoder + bundled SmolLM2 + an adapter (fresh when `adapter_state` is None)."""
     from transformers import WhisperFeatureExtractor
 
-    whisper = sources.whisper_base()
+    whisper, _ = hub.whisper_base()  # the pip packages, else the Hub (weights/hub.py)
     llm, tokenizer = bundled_llm(place.dtype)
     config = BlspConfig(**{k: v for k, v in cfg.items() if k != "components"})
     # Built for real, not on the meta device: non-persistent buffers (rotary frequencies) are
@@ -75,6 +75,8 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     model = BlspModel(config)
     state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
     state.update({f"whisper_model.{k}": v for k, v in whisper_encoder_state(whisper.hf_dir).items()})
+    if config.speech_compression == "whisper-decoder":  # the frozen decoder reads the speech too
+        state.update({f"whisper_decoder.{k}": v for k, v in whisper_state(whisper.hf_dir, "model.decoder.").items()})
     if adapter_state is not None:
         state.update(adapter_state)
     model.load_state_dict(state, strict=adapter_state is not None)
@@ -97,13 +99,17 @@ def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, 
     if digest != cfg["components"]["adapter"]["sha256"]:
         raise sources.WeightsError(f"{adapter_file} is damaged: sha256 {digest[:12]}... does not match config.json")
     model, tokenizer, extractor = assemble_micro(cfg, place, load_file(str(adapter_file)))
-    return model, tokenizer, extractor, f"{folder.name}@{digest[:12]}"
+    return model, tokenizer, extractor, f"{folder.name}@{digest[:12]}{weights_note(DEFAULT_LLM, whisper=True)}"
 
 
 def whisper_encoder_state(hf_dir: Path) -> dict:
+    return whisper_state(hf_dir, "model.encoder.")
+
+
+def whisper_state(hf_dir: Path, prefix: str) -> dict:
+    """The entries of the bundled Whisper under `prefix` (the encoder's or the decoder's), fp32."""
     from safetensors.torch import load_file
 
-    prefix = "model.encoder."
     return {k[len(prefix):]: v.float() for k, v in load_file(str(hf_dir / "model.safetensors")).items()
             if k.startswith(prefix)}
 
