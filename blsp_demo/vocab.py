@@ -20,7 +20,8 @@ RECORD_KINDS = ("turn", "label", "judgement", "vote", "deletion", "rejected")
 # Why a turn failed (`error_code` of a turn record). Audio problems first (`audio.AudioError`).
 AUDIO_ERROR_CODES = ("empty", "too_short", "silent", "nonfinite", "unreadable", "too_long", "not_found",
                      "no_speech")
-ERROR_CODES = (*AUDIO_ERROR_CODES, "rate_limited", "cancelled", "too_large", "busy", "deleted")
+ERROR_CODES = (*AUDIO_ERROR_CODES, "rate_limited", "cancelled", "too_large", "busy", "deleted",
+               "not_saved", "superseded")
 
 # How an answer ended (`finish_reason`).
 FINISH_REASONS = ("stop", "length", "loop")

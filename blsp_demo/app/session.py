@@ -222,15 +222,18 @@ class Chat:
         except GeneratorExit:  # the client left mid-answer (or a Compare round stopped this side)
             self._log_failure(turn, Cancelled("The answer was cancelled before it was complete."))
             raise
-        except TurnAudioError as err:
+        except TurnAudioError as err:  # not audio at all: its upload is not served back either
+            self.forget_upload(inp)
             raise TurnFailed(self._log_failure(err.turn, err.error)) from err.error
         except Superseded as err:  # the generator above is dropped here, which stops the engine
             self.pool.forget(state.conversation.id)
             raise TurnSuperseded(self._log_failure(turn, err)) from None
         except Exception as err:  # noqa: BLE001 - every failure is logged and shown; the state stays
-            if isinstance(err, AudioError) and turn.audio_path:  # refused after all: not kept
-                self.store.discard_audio(turn.audio_sha256, state.session)
-                turn = replace(turn, audio_path=None, audio_kept=False)
+            if isinstance(err, AudioError) and inp.audio is not None:  # refused after all: not kept
+                if turn.audio_path:
+                    self.store.discard_audio(turn.audio_sha256, state.session)
+                    turn = replace(turn, audio_path=None, audio_kept=False)
+                self.forget_upload(inp)
             raise TurnFailed(self._log_failure(turn, err)) from err
         finally:  # "Keep my audio" off: no copy of it stays on the server once it was heard
             if inp.audio is not None and not settings.keep_audio:

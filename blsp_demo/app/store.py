@@ -21,6 +21,9 @@ Writes are one line each, under a lock (the CommitScheduler's when pushing to th
 never sees half a line), flushed and fsynced before the call returns: a record whose write
 returned survives a crash of the process or the machine. A crash mid-write leaves a torn last line;
 readers skip and report it, and the next `Store` on the directory moves it to `recovered/`.
+A write lands whole or not at all: on a full disk the partial line is cut back at once (and
+again before the next append, should that fail too) and the caller gets `NotSaved`; writes are
+unbuffered, so a record the caller was told failed is never written later.
 `pandas.read_json(path, lines=True)` reads every records file.
 """
 
@@ -39,11 +42,13 @@ from typing import Iterable
 
 from blsp_demo.app.records import (RECORD_TYPES, DeletionRecord, LabelRecord, Record, VoteRecord, new_id,
                                    now_iso)
+from blsp_demo.app.reading import (RECORDS_DIR, BadLine, ReadResult, deleted_sessions,  # noqa: F401
+                                   live_records, read_file, read_records, records_files)
+from blsp_demo.app.text import user_text, valid_text
 from blsp_demo.vocab import LABEL_VERDICTS, VERDICTS, VOTE_CHOICES
 
 log = logging.getLogger(__name__)
 
-RECORDS_DIR = "records"
 AUDIO_DIR = "audio"
 RECOVERED_DIR = "recovered"
 # Stored audio is served back to the browser (inline, typed by its extension), so only media
@@ -55,78 +60,6 @@ try:  # advisory locks tell a live writer's file from a crashed one's (POSIX onl
     import fcntl
 except ImportError:  # Windows: torn tails are still skipped by readers, just not moved away
     fcntl = None
-
-
-# ---- reading ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BadLine:
-    """A line that is not a JSON object: a torn last line after a crash, or damage."""
-
-    path: Path
-    line_no: int  # 1-based
-    torn: bool  # the file's last line, without its newline: a write cut short
-    excerpt: str
-
-    def __str__(self) -> str:
-        what = "torn last line" if self.torn else "unreadable line"
-        return f"{self.path.name}:{self.line_no}: {what} skipped ({self.excerpt!r})"
-
-
-@dataclass(frozen=True)
-class ReadResult:
-    records: list[dict]
-    bad_lines: list[BadLine]
-
-
-def records_files(data_dir: Path | str) -> list[Path]:
-    return sorted((Path(data_dir) / RECORDS_DIR).glob("*.jsonl"))
-
-
-def read_file(path: Path) -> ReadResult:
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    records, bad = [], []
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        torn = i == len(lines) - 1  # no newline after it
-        try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            bad.append(BadLine(path, i + 1, torn, raw[:60].decode("utf-8", "replace")))
-            continue
-        records.append(obj)
-    return ReadResult(records, bad)
-
-
-def read_records(data_dir: Path | str) -> ReadResult:
-    """Every record of every records file, oldest first; bad lines are skipped and listed."""
-    records, bad = [], []
-    for path in records_files(data_dir):
-        result = read_file(path)
-        records += result.records
-        bad += result.bad_lines
-    for line in bad:
-        log.warning("%s", line)
-    records.sort(key=lambda r: str(r.get("ts", "")))
-    return ReadResult(records, bad)
-
-
-def deleted_sessions(records: Iterable[dict]) -> set[str]:
-    return {r.get("deleted_session") or r["session"] for r in records if r.get("kind") == "deletion"}
-
-
-def live_records(records: list[dict]) -> list[dict]:
-    """The records a reader should use: those of deleted sessions, and labels and judgements
-    on their turns, are left out (the deletion records themselves stay)."""
-    gone = deleted_sessions(records)
-    if not gone:
-        return list(records)
-    gone_turns = {r["id"] for r in records if r.get("kind") == "turn" and r.get("session") in gone}
-    return [r for r in records if r.get("kind") == "deletion"
-            or (r.get("session") not in gone and r.get("turn_id") not in gone_turns)]
 
 
 # ---- writing ---------------------------------------------------------------------------------
@@ -141,6 +74,8 @@ class Deletion:
     record: dict
     records_deleted: int
     audio_removed: list[str]
+    audio_hashes: tuple[str, ...] = ()  # every audio of the session no other session sent (kept or not)
+    copies_removed: tuple[str, ...] = ()  # the web framework's cached copies (`uploads.UploadCache`)
 
 
 def audio_ext(path: str | Path) -> str:
@@ -149,12 +84,19 @@ def audio_ext(path: str | Path) -> str:
 
 
 def json_line(record: dict) -> bytes:
-    """One record as a UTF-8 JSON line. Text with lone surrogates (a client may send "\\ud800")
-    cannot be UTF-8: that record is written with ASCII escapes instead, which keep every character."""
-    try:
-        return (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    except UnicodeEncodeError:
-        return (json.dumps(record, ensure_ascii=True, default=str) + "\n").encode("ascii")
+    """One record as a UTF-8 JSON line. Text is validated where it enters (`app.text`); a lone
+    surrogate that slipped past (no encoder takes it) becomes U+FFFD here, never an unreadable line."""
+    return (valid_text(json.dumps(record, ensure_ascii=False, default=str)) + "\n").encode("utf-8")
+
+
+class DataDirError(RuntimeError):
+    """The data dir cannot be created or written; the message says what to do."""
+
+
+class NotSaved(ValueError):
+    """A record could not be written (disk full, read-only): nothing of it is on disk."""
+
+    code = "not_saved"
 
 
 class Store:
@@ -167,13 +109,22 @@ class Store:
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.records_dir = self.data_dir / RECORDS_DIR
         self.audio_dir = self.data_dir / AUDIO_DIR
-        self.records_dir.mkdir(parents=True, exist_ok=True)
-        self.audio_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.records_dir, self.audio_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise PermissionError(13, "not writable", str(folder))
+        except OSError as err:
+            raise DataDirError(f"The data dir {self.data_dir} cannot be used: {err.strerror or err} "
+                               f"({err.filename or folder}). Choose a writable folder with --data-dir or "
+                               "BLSP_DATA_DIR.") from err
         self.lock = lock or threading.Lock()
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.path = self.records_dir / f"{stamp}-{new_id()[:8]}.jsonl"
         self._file = None  # opened on the first write, held (and flock-ed) while this process lives
         self._audio_users: dict[str, set[str]] = {}  # sha256 -> sessions that saved it in this process
+        self._deleted: set[str] = set()  # sessions deleted in this process: later records are refused
+        self._end = 0  # the size of this process's file after its last whole line
         self.recovered = recover_torn_tails(self.data_dir)
 
     # -- records
@@ -184,22 +135,50 @@ class Store:
         return self.write(RECORD_TYPES[kind].from_json({**fields, "session": session}))
 
     def write(self, record: Record) -> dict:
-        """Write one record (stamped now) and return its JSON object once it is on disk."""
+        """Write one record (stamped now) and return its JSON object once it is on disk. A write
+        lands whole or not at all: on failure (disk full) the partial line is cut back and
+        NotSaved says so. A record of a session deleted in this process is refused (NotSaved)."""
+        if record.session and record.kind != "deletion" and record.session in self._deleted:
+            raise NotSaved("This session's data was deleted; nothing more is saved for it. "
+                           "You are in a new session now: ask again.")
         record = replace(record, id=new_id(), ts=now_iso())
         record = record.to_json()
         line = json_line(record)
         with self.lock:
-            f = self._open()
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                f = self._open()
+                self._append_whole(f, line)
+            except OSError as err:
+                log.error("%s: record not saved (%s)", self.path.name, err)
+                raise NotSaved(f"Nothing was saved: the server could not write its log ({err.strerror or err}). "
+                               "Try again later; the host has been told.") from err
+        if record["kind"] == "deletion":
+            self._deleted.add(record["deleted_session"])
         return record
+
+    def _append_whole(self, f, line: bytes) -> None:
+        """Append `line` to the unbuffered `f` (under the lock), first cutting back a tail a
+        failed write left; on failure, cut back again (what is not cut now is cut next time)."""
+        if os.fstat(f.fileno()).st_size != self._end:
+            os.ftruncate(f.fileno(), self._end)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[f.write(view):]
+            os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(f.fileno(), self._end)
+                os.fsync(f.fileno())
+            raise
+        self._end += len(line)
 
     def _open(self):
         if self._file is None:
-            self._file = open(self.path, "ab")
+            self._file = open(self.path, "ab", buffering=0)  # unbuffered: nothing failed is written later
             if fcntl is not None:
                 fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._end = os.fstat(self._file.fileno()).st_size
         return self._file
 
     def close(self) -> None:
@@ -215,13 +194,14 @@ class Store:
         if not turn_id:
             raise ValueError("a label needs the id of the turn it is about")
         return self.write(LabelRecord(session=session, turn_id=turn_id, verdict=verdict,
-                                      reason=(reason or "").strip(), annotator=annotator, extra=extra))
+                                      reason=user_text(reason, "reason"), annotator=user_text(annotator, "name"),
+                                      extra=extra))
 
     def vote(self, session: str, choice: str, reason: str = "", annotator: str = "", **extra) -> dict:
         if choice not in VOTE_CHOICES:
             raise ValueError(f"a vote is one of {', '.join(VOTE_CHOICES)}; got {choice!r}")
-        return self.write(VoteRecord(session=session, choice=choice, reason=(reason or "").strip(),
-                                     annotator=annotator, extra=extra))
+        return self.write(VoteRecord(session=session, choice=choice, reason=user_text(reason, "reason"),
+                                     annotator=user_text(annotator, "name"), extra=extra))
 
     def read(self) -> ReadResult:
         return read_records(self.data_dir)
@@ -244,6 +224,22 @@ class Store:
             os.replace(tmp, dest)
         return StoredAudio(digest, rel)
 
+    def discard_audio(self, sha256: str, session: str) -> bool:
+        """Remove the audio `session` saved under `sha256` when it was refused after all (empty,
+        too long), unless another session keeps the same file. True when it was removed."""
+        others = {r.get("audio_sha256") for r in live_records(self.read().records)
+                  if r.get("kind") == "turn" and r.get("session") != session and r.get("audio_path")}
+        with self.lock:
+            users = self._audio_users.get(sha256, set())
+            users.discard(session)
+            if users or sha256 in others:
+                return False
+            removed = False
+            for path in self.audio_dir.glob(f"{sha256}.*"):
+                path.unlink(missing_ok=True)
+                removed = True
+            return removed
+
     # -- deletion
     def delete_session(self, session: str) -> Deletion:
         """Remove the session's audio (unless another session uses the same file) and write a
@@ -254,8 +250,14 @@ class Store:
             shared = {h for h, users in self._audio_users.items() if users - {session}}
             shared |= {r.get("audio_sha256") for r in records
                        if r.get("kind") == "turn" and r.get("session") != session and r.get("audio_path")}
+            shared |= {Path(r["reply_audio_path"]).stem for r in records  # spoken answers (app/speech_out.py)
+                       if r.get("kind") == "turn" and r.get("session") != session and r.get("reply_audio_path")}
             paths = sorted({r["audio_path"] for r in mine if r.get("kind") == "turn" and r.get("audio_path")
-                            and r.get("audio_sha256") not in shared})
+                            and r.get("audio_sha256") not in shared}
+                           | {r["reply_audio_path"] for r in mine if r.get("kind") == "turn" and r.get("reply_audio_path")
+                              and Path(r["reply_audio_path"]).stem not in shared})
+            hashes = tuple(sorted({r["audio_sha256"] for r in mine if r.get("kind") == "turn"
+                                   and r.get("audio_sha256") and r["audio_sha256"] not in shared}))
             for users in self._audio_users.values():
                 users.discard(session)
         record = self.write(DeletionRecord(session=session, deleted_session=session, records_deleted=len(mine),
@@ -264,7 +266,7 @@ class Store:
             for rel in paths:
                 with contextlib.suppress(FileNotFoundError):
                     (self.data_dir / rel).unlink()
-        return Deletion(record, len(mine), paths)
+        return Deletion(record, len(mine), paths, hashes)
 
 
 def recover_torn_tails(data_dir: Path) -> list[Path]:

@@ -11,6 +11,7 @@ Public API endpoints (gradio_client; each Client is its own session):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 
@@ -67,6 +68,8 @@ class ChatHandlers:
         except TurnFailed as err:
             # give the input back so the person can fix it; the conversation is as it was
             kept = state if self.chat.is_current(state) else gr.skip()  # a reset meanwhile stays
+            if cleared is None and not (sent and Path(sent).is_file()):
+                sent = None  # refused audio is removed from the server: nothing to give back
             yield list(state.history), gr.skip(), f"**Error:** {err}", sent, kept
             raise gr.Error(str(err), print_exception=False) from None
 

@@ -1,9 +1,11 @@
 """Two small ASGI middlewares around the Gradio app (passed to `launch` as `app_kwargs`).
 
 - `SecurityHeaders`: a Content-Security-Policy that keeps text from rendering as live content.
-  Gradio's Markdown sanitizer already drops scripts and event handlers from messages; a markdown
-  image in a question or an answer (`![x](https://tracker/?q=...)`) would still make every viewer's
-  browser fetch that URL, so images may only come from the app itself (or data:/blob: URLs).
+  Gradio's Markdown sanitizer already drops scripts and event handlers from messages, but keeps
+  `<img>`, `<audio>`, `<video>`, `<source>` (with `src`) and `<form action>`: a question or an
+  answer holding one would make every later viewer's browser call that host. So everything the
+  page loads, plays, connects to or submits may only come from the app itself (`default-src
+  'self'`, plus data:/blob: media; Gradio needs inline scripts and styles; its fonts are local).
 - `RejectedUploads`: an upload over the size limit is refused by Gradio before any session sees
   it; this writes a `rejected` record for it, so the attempt is in the data dir like any other.
 """
@@ -14,7 +16,20 @@ import logging
 
 log = logging.getLogger(__name__)
 
-CONTENT_SECURITY_POLICY = "img-src 'self' data: blob:; object-src 'none'; base-uri 'self'"
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self' 'unsafe-inline' 'unsafe-eval' blob:",  # Gradio's inline config and its bundles
+    "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data: blob:",
+    "media-src 'self' data: blob:",  # recordings and players: the app's own files or the page's blobs
+    "font-src 'self' data:",
+    "connect-src 'self'",
+    "worker-src 'self' blob:",
+    "frame-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+])
 
 
 class SecurityHeaders:

@@ -101,6 +101,8 @@ def write_audio_files(folder: Path) -> dict[str, Path]:
     wav("digital_silence", np.zeros(2 * rate), subtype="PCM_16")
     t = np.arange(2 * rate) / rate
     wav("clipped_square", np.sign(np.sin(2 * np.pi * 440 * t)) * 1.0, subtype="PCM_16")
+    noise = np.random.default_rng(0).standard_normal((2 * 96000, 6)) * 0.3
+    wav("white_noise_96k_6ch", np.clip(noise, -1, 1), 96000, "PCM_16")
     wav("float_nan", np.where(np.arange(len(x)) == len(x) // 2, np.nan, x).astype(np.float32), subtype="FLOAT")
     wav("float_inf", np.where(np.arange(len(x)) == len(x) // 3, np.inf, x).astype(np.float32), subtype="FLOAT")
     wav("rate_8k", resampled(x, rate, 8000), 8000, "PCM_16")
@@ -157,7 +159,8 @@ AUDIO_EXPECTATIONS = {
     "zero_length": ("error", "empty (0 bytes)", "empty"),
     "one_sample": ("error", "at least 0.10 s is needed", "too_short"),
     "digital_silence": ("error", "The audio is silent", "silent"),
-    "clipped_square": ("answer", None, None),
+    "clipped_square": ("error", "No speech was found", "no_speech"),  # a full-scale 440 Hz square wave
+    "white_noise_96k_6ch": ("error", "No speech was found", "no_speech"),  # the upload that poisoned a chat
     "float_nan": ("error", "invalid sample (NaN or infinity)", "nonfinite"),
     "float_inf": ("error", "invalid sample (NaN or infinity)", "nonfinite"),
     "rate_8k": ("answer", HEARD, None),

@@ -32,9 +32,11 @@ class ServerOptions:
 
 def server_env(options: ServerOptions) -> dict:
     """The server's environment: one torch thread (the machine has two cores), the planted
-    secrets (a leak test greps for them), short answers, and `options.env` on top."""
+    secrets (a leak test greps for them), short answers, and `options.env` on top. Every client of
+    these scenarios comes from 127.0.0.1, so the limits count sessions (`BLSP_LIMIT_BY=session`)
+    unless a scenario asks for addresses (the rotating-hash one does)."""
     env = {**os.environ, "BLSP_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "BLSP_LIMIT_BY": "session",
            "BLSP_MAX_NEW_TOKENS": str(options.max_new_tokens),
            "OPENAI_API_KEY": FAKE_OPENAI_KEY, "HF_TOKEN": FAKE_HF_TOKEN}
     env.pop("HF_DATASET_REPO", None)  # never push test data anywhere
