@@ -326,8 +326,8 @@ def test_annotate_filters_select_label_and_export(services, logged, tmp_path):
         a.refresh("all", "all", "all", "yesterday", "")
 
     table, rows, _, _ = a.refresh("fake", "all", "all", "", "")  # newest first: the text follow-up
-    turn_id, audio, context, info, reason = a.select(rows, gr.SelectData(None, {"index": [0, 2], "value": ""}))
-    assert turn_id == rows[0] and audio is None and reason == "too short" and "reject" in info
+    turn_id, audio, context, info, reason = a.select(rows, gr.SelectData(None, {"index": [0, 2], "value": ""}), logged)
+    assert turn_id == rows[0] and audio is None and reason == "too short" and "your label: **reject**" in info
     assert [m["role"] for m in context] == ["user", "user", "assistant", "user", "assistant"]
     assert Path(context[0]["content"]["path"]).is_file() and context[3]["content"] == "follow-up"
     _, _, _, _, _ = a.select(rows, gr.SelectData(None, {"index": [1, 0], "value": ""}))
@@ -343,8 +343,9 @@ def test_annotate_filters_select_label_and_export(services, logged, tmp_path):
 
     for fmt, read in (("csv", pd.read_csv), ("jsonl", lambda p: pd.read_json(p, lines=True)),
                       ("parquet", pd.read_parquet)):
-        path = a.export(fmt, "all", "all", "all", "", "")
+        path, agreement_path = a.export(fmt, "all", "all", "all", "", "")
         back = read(path)
+        assert Path(agreement_path).name.startswith("agreement-")
         assert len(back) == 3 and {"turn_id", "label", "label_reason", "question", "response"} <= set(back.columns)
         assert sorted(back["label"].dropna()) == ["accept", "reject"]
 
@@ -379,13 +380,15 @@ def test_dashboard_rates_agreement_and_figures(services, logged):
     assert rates.loc[("other", "text", "judge"), "rate"] == 1.0
     n, kappa, confusion = agreement(frame)
     assert n == 1 and confusion.loc["reject", "reject"] == 1
-    summary, *figures, table = DashboardHandlers(services).refresh()
+    summary, *figures, table, team_line, team_table, body = DashboardHandlers(services).refresh()
+    assert body["visible"] and "human-judge: Cohen's kappa undefined on 1 answers" in team_line
+    assert list(team_table["comparison"]) == ["human-judge"] * len(team_table)
     assert "**3** answers" in summary and "kappa undefined" in summary and len(table) == 4
     assert all(fig.axes for fig in figures)
 
 
 def test_dashboard_with_no_data(services):
-    summary, *figures, table = DashboardHandlers(services).refresh()
+    summary, *figures, table, _, _, _ = DashboardHandlers(services).refresh()
     assert "**0** answers" in summary and table.empty and all(fig.axes for fig in figures)
 
 
@@ -401,7 +404,9 @@ def test_public_api_contract(services):
         assert {k: [p["parameter_name"] for p in v["parameters"]] for k, v in api.items()} == {
             "/chat_text": ["text"], "/chat_audio": ["audio", "instruction"],
             "/feedback": ["message_index", "verdict", "reason"], "/reset": [],
-            "/compare": ["audio_or_text"], "/vote": ["choice", "reason"]}
+            "/compare": ["audio_or_text"], "/vote": ["choice", "reason"],
+            "/annotator": ["name", "passcode"], "/label": ["turn_id", "verdict", "reason"],
+            "/system": ["system_prompt"]}
         history, details, status, cleared = client.predict("Hi there", api_name="/chat_text")
         assert details["message_index"] == 1 and history[-1]["content"][0]["text"] == "Paris is the capital."
         history, details, status, _ = client.predict(handle_file(WAV), "Please answer the following question.",

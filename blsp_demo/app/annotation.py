@@ -1,5 +1,6 @@
-"""Annotation without the UI: filtering logged answers, the table's view of them, a turn's
-conversation context, and exports (CSV, JSONL, Parquet)."""
+"""Annotation without the UI: filtering logged answers, the table's view of them (one row per
+answer and annotator, with the consensus), a turn's conversation context, and exports (CSV, JSONL,
+Parquet) of the labels and of the agreement between annotators."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ ALL = "all"
 LABEL_STATES = [ALL, "unlabelled", *VERDICTS]
 MODALITY_CHOICES = [ALL, *MODALITIES]
 EXPORT_FORMATS = ("csv", "jsonl", "parquet")
-TABLE_COLUMNS = ["time", "model", "modality", "question", "response", "label", "reason", "judge"]
+TABLE_COLUMNS = ["time", "model", "modality", "question", "response", "annotator", "label", "reason", "consensus",
+                 "judge"]
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SHORT = 90  # characters of question/answer shown in the table
 
@@ -60,6 +62,13 @@ def _short(text) -> str:
     return text if len(text) <= _SHORT else text[: _SHORT - 1] + "…"
 
 
+def _consensus_text(frame):
+    if "consensus" not in frame:
+        return frame["label"].fillna("")
+    return [f"{c} ({k}, {n})" if isinstance(c, str) else "" for c, k, n in
+            zip(frame["consensus"], frame["consensus_kind"], frame["n_labels"])]
+
+
 def table_view(frame):
     import pandas as pd
 
@@ -67,8 +76,9 @@ def table_view(frame):
         "time": frame["ts"].astype(str).str[:19].str.replace("T", " "),
         "model": frame["model"], "modality": frame["modality"],
         "question": frame["question"].map(_short), "response": frame["response"].map(_short),
+        "annotator": frame["annotator"].fillna("") if "annotator" in frame else "",
         "label": frame["label"].fillna(""), "reason": frame["label_reason"].fillna(""),
-        "judge": frame["judge"].fillna(""),
+        "consensus": _consensus_text(frame), "judge": frame["judge"].fillna(""),
     }, columns=TABLE_COLUMNS)
 
 
@@ -101,11 +111,12 @@ def _user_messages(turn: dict, data_dir: Path) -> list[dict]:
     return out
 
 
-def export_answers(frame, fmt: str, out_dir: Path) -> Path:
-    """The answers with their labels as CSV, JSONL or Parquet (pandas)."""
+def export_answers(frame, fmt: str, out_dir: Path, name: str = "labels") -> Path:
+    """A table (the answers with their labels: one row per answer and annotator, with the
+    consensus; or the agreement table) as CSV, JSONL or Parquet (pandas)."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {EXPORT_FORMATS}; got {fmt!r}")
-    path = Path(out_dir) / f"labels-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
+    path = Path(out_dir) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.{fmt}"
     if fmt == "csv":
         frame.to_csv(path, index=False)
     elif fmt == "jsonl":

@@ -217,7 +217,7 @@ class Arena:
 
     # -- the vote
     def vote(self, state: CompareState | None, session: str, choice: str, reason: str = "",
-             source: str = "browser") -> tuple[dict, CompareState]:
+             source: str = "browser", annotator: str = "") -> tuple[dict, CompareState]:
         """Record a vote on the current round; returns the vote record and the new state."""
         choice = normalize_choice(choice)
         rnd = (state or CompareState()).current
@@ -233,7 +233,7 @@ class Arena:
         a, b = rnd.turns
         winner = {"A": rnd.models[0], "B": rnd.models[1]}.get(choice)
         record = self.store.vote(
-            session, choice, reason, round=rnd.id, model_a=rnd.models[0], model_b=rnd.models[1], winner=winner,
+            session, choice, reason, annotator=annotator, round=rnd.id, model_a=rnd.models[0], model_b=rnd.models[1], winner=winner,
             model_id_a=a.get("model_id"), model_id_b=b.get("model_id"), turn_ids=[a["id"], b["id"]],
             turns=[{"side": s, **t} for s, t in zip(SIDES, rnd.turns)], modality=a.get("modality"),
             question=asked(rnd.turns), drawn=rnd.drawn, source=source)

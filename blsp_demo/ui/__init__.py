@@ -40,7 +40,7 @@ def build_demo(services: Services):
         with gr.Tab("Annotate") as annotate_tab:
             build_annotate_tab(services, chat.state, annotate_tab)
         with gr.Tab("Dashboard") as dashboard_tab:
-            build_dashboard_tab(services, dashboard_tab)
+            build_dashboard_tab(services, dashboard_tab, chat.state)
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     return demo
 
@@ -50,12 +50,13 @@ def launch_options(services: Services, **overrides) -> dict:
     size limit, security headers, styling)."""
     from starlette.middleware import Middleware
 
+    from blsp_demo.ui.annotate import KEYS_JS
     from blsp_demo.ui.web_guard import RejectedUploads, SecurityHeaders
 
     middleware = [Middleware(SecurityHeaders), Middleware(RejectedUploads, store=services.store)]
     options = dict(server_name=services.settings.host, server_port=services.settings.port,
                    allowed_paths=services.allowed_paths(), max_file_size=services.settings.max_file_size,
-                   app_kwargs={"middleware": middleware}, css=CSS, show_error=True)
+                   app_kwargs={"middleware": middleware}, css=CSS, head=KEYS_JS, show_error=True)
     options.update(overrides)
     return options
 

@@ -139,9 +139,9 @@ class CompareHandlers:
         return {self.ui.reveal: reveal_markdown(record), self.ui.details: revealed(record), self.ui.state: state}
 
     def _vote(self, choice, reason, chat_state, state, source):
-        session = (chat_state or ChatState()).session
+        who = chat_state or ChatState()
         try:
-            return self.arena.vote(state, session, choice, reason or "", source=source)
+            return self.arena.vote(state, who.session, choice, reason or "", source=source, annotator=who.annotator)
         except ValueError as err:
             raise gr.Error(str(err), print_exception=False) from None
 

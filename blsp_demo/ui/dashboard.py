@@ -1,5 +1,8 @@
-"""The Dashboard tab: accept rates (human labels and judge verdicts), agreement, latency, and the
-Compare votes: win rates with bootstrap intervals and a Bradley-Terry ranking (`ranking.py`).
+"""The Dashboard tab: accept rates (the annotators' consensus and judge verdicts), agreement
+between annotators and with the judge (`analysis/agreement.py`), the judge run from the app
+(`app/judging.py`), latency, and the Compare votes: win rates with bootstrap intervals and a
+Bradley-Terry ranking (`ranking.py`). A private labelling team (`app/identity.py`) sees it after
+signing in on the Annotate tab.
 
 Figures are built with `matplotlib.figure.Figure` (not pyplot): no global figure state, safe in
 Gradio's worker threads.
@@ -14,10 +17,17 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from blsp_demo.analysis.labels import SOURCES, accept_rates, agreement
+from blsp_demo.app.identity import Roles
+from blsp_demo.app.judging import JudgeRunner
+from blsp_demo.app.labelling import agreement as team_agreement
+from blsp_demo.app.labelling import per_answer, team_frame
+from blsp_demo.app.session import ChatState
 from blsp_demo.analysis.ranking import PRIOR_TIES, leaderboard
+from blsp_demo.analysis.voice_latency import voice_latency_markdown
 from blsp_demo.vocab import VERDICTS
-from blsp_demo.app.store import answers_frame, votes_frame
+from blsp_demo.app.store import votes_frame
 from blsp_demo.app.services import Services
+
 
 def _empty(fig: Figure, text: str) -> Figure:
     ax = fig.add_subplot()
@@ -59,7 +69,7 @@ def agreement_figure(n: int, kappa: float, confusion) -> Figure:
         ax.text(j, i, str(v), ha="center", va="center")
     ax.set_xticks(range(2), [f"judge {v}" for v in VERDICTS])
     ax.set_yticks(range(2), [f"human {v}" for v in VERDICTS])
-    ax.set_title(f"Human vs judge: kappa {kappa:.2f} (n={n})" if not math.isnan(kappa) else f"n={n}, kappa undefined")
+    ax.set_title(f"Human vs judge: kappa {kappa:.2f} (n={n})" if not math.isnan(kappa) else f"n={n}, kappa undefined", fontsize=9)
     return fig
 
 
@@ -81,7 +91,8 @@ def latency_figure(frame) -> Figure:
 
 def summary_markdown(frame, rates, n: int, kappa: float) -> str:
     lines = [f"**{len(frame)}** answers logged, **{int(frame['label'].isin(VERDICTS).sum())}** with a human "
-             f"label, **{int(frame['judge'].isin(VERDICTS).sum())}** judged."]
+             f"verdict (the annotators' consensus; ties left out), **{int(frame['judge'].isin(VERDICTS).sum())}** "
+             "judged."]
     if n:
         shown = "undefined (one verdict only)" if math.isnan(kappa) else f"**{kappa:.2f}**"
         lines.append(f"Human-judge agreement on {n} answers: Cohen's kappa {shown}.")
@@ -89,6 +100,12 @@ def summary_markdown(frame, rates, n: int, kappa: float) -> str:
         lines.append(f"Median time to first token {frame['ttft_s'].median():.2f} s, median "
                      f"{frame['tokens_per_s'].median():.1f} tokens/s.")
     return "  \n".join(lines)
+
+
+def with_voice(summary: str, records) -> str:
+    """The summary with the voice assistant's end-of-speech latencies (issue 19), when there are any."""
+    voice = voice_latency_markdown(records)
+    return f"{summary}  \n{voice}" if voice else summary
 
 
 # ---- Compare votes -------------------------------------------------------------------------
@@ -153,38 +170,113 @@ def comparison_summary(votes, board) -> str:
             + BOARD_NOTE.format(prior=PRIOR_TIES))
 
 
-class DashboardHandlers:
-    def __init__(self, services: Services):
-        self.store = services.store
+def team_summary(table) -> str:
+    """The human-human and human-judge figures over all answers, in words."""
+    overall = table[table["scope"] == "all"]
+    if overall.empty:
+        return "Agreement appears once two annotators (or an annotator and the judge) rated the same answers."
+    lines = []
+    for row in overall.to_dict("records"):
+        value = "undefined" if math.isnan(row["value"]) else f"**{row['value']:.2f}**"
+        ci = "" if math.isnan(row["ci_low"]) else f" (95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f})"
+        lines.append(f"{row['comparison']}: {row['method']} {value}{ci} on {row['n']} answers; {row['annotators']}.")
+    return "  \n".join(lines)
 
-    def refresh_votes(self):
+
+def agreement_view(table):
+    """The agreement table as shown: values rounded, intervals as text."""
+    import pandas as pd
+
+    def fmt(x):
+        return "undefined" if math.isnan(x) else f"{x:.2f}"
+
+    return pd.DataFrame({"scope": table["scope"], "comparison": table["comparison"], "method": table["method"],
+                         "annotators": table["annotators"], "n": table["n"], "value": table["value"].map(fmt),
+                         "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" if not math.isnan(lo) else ""
+                                    for lo, hi in zip(table["ci_low"], table["ci_high"])]})
+
+
+class DashboardHandlers:
+    def __init__(self, services: Services, roles: Roles | None = None, runner: JudgeRunner | None = None):
+        self.store = services.store
+        self.roles = roles or Roles.from_env()
+        self.runner = runner or JudgeRunner(services.store)
+
+    def admitted(self, state: ChatState | None) -> bool:
+        return self.roles.admits((state or ChatState()).annotator)
+
+    def refresh_votes(self, state=None):
         """The Compare section: summary, figure, leaderboard table."""
+        if not self.admitted(state):
+            return (gr.skip(),) * 3
         votes = votes_frame(self.store.read().records)
         board = leaderboard(zip(votes["model_a"], votes["model_b"], votes["choice"]))
         return comparison_summary(votes, board), comparison_figure(board), comparison_table(board)
 
-    def refresh(self):
-        frame = answers_frame(self.store.read().records)
+    def refresh(self, state=None):
+        """Summary, accept-rate, agreement and latency figures, rates table, team agreement
+        (summary, table), and whether the page is shown."""
+        if not self.admitted(state):
+            locked = "This dashboard is private: sign in on the **Annotate** tab first."
+            return (locked, *(gr.skip(),) * 6, gr.update(visible=False))
+        records = self.store.read().records
+        team = team_frame(records)
+        frame = per_answer(team)
         rates = accept_rates(frame)
         n, kappa, confusion = agreement(frame)
-        return (summary_markdown(frame, rates, n, kappa), accept_rate_figure(rates),
-                agreement_figure(n, kappa, confusion), latency_figure(frame), rates)
+        table = team_agreement(team)
+        return (with_voice(summary_markdown(frame, rates, n, kappa), records), accept_rate_figure(rates),
+                agreement_figure(n, kappa, confusion), latency_figure(frame), rates,
+                team_summary(table), agreement_view(table), gr.update(visible=True))
+
+    # -- the judge
+    def judge_start(self, state):
+        if not self.admitted(state):
+            raise gr.Error("Sign in on the Annotate tab to run the judge.", print_exception=False)
+        state = state or ChatState()
+        p = self.runner.start(annotator=state.annotator, session=state.session)
+        return p.markdown(), gr.Timer(active=p.running)
+
+    def judge_stop(self, state=None):
+        if not self.admitted(state):
+            raise gr.Error("Sign in on the Annotate tab to stop the judge.", print_exception=False)
+        return self.runner.stop().markdown(), gr.Timer(active=False)
+
+    def judge_tick(self):
+        p = self.runner.progress()
+        return p.markdown(), gr.Timer(active=p.running)
 
 
-def build_dashboard_tab(services: Services, tab: gr.Tab) -> None:
+def build_dashboard_tab(services: Services, tab: gr.Tab, chat_state: gr.State | None = None) -> None:
     h = DashboardHandlers(services)
-    refresh = gr.Button("Refresh", variant="primary")
-    summary = gr.Markdown()
-    with gr.Row():
-        rates_plot = gr.Plot(label="Accept rate", scale=2)
-        agreement_plot = gr.Plot(label="Agreement", scale=1)
-    latency_plot = gr.Plot(label="Latency")
-    rates_table = gr.Dataframe(label="Accept rates", interactive=False)
-    gr.Markdown("### Compare: which system answers better")
-    board_summary = gr.Markdown(elem_id="board_summary")
-    board_plot = gr.Plot(label="Win rates and ranking", elem_id="board_plot")
-    board_table = gr.Dataframe(label="Ranking (Bradley-Terry)", interactive=False, elem_id="board")
-    outputs = [summary, rates_plot, agreement_plot, latency_plot, rates_table]
+    chat_state = chat_state if chat_state is not None else gr.State(None)
+    refresh = gr.Button("Refresh", variant="primary", elem_id="dash_refresh")
+    summary = gr.Markdown(elem_id="dash_summary")
+    with gr.Column(visible=not h.roles.private) as body:
+        with gr.Row():
+            rates_plot = gr.Plot(label="Accept rate", scale=2)
+            agreement_plot = gr.Plot(label="Agreement", scale=1)
+        gr.Markdown("### Agreement: between annotators, and with the judge")
+        team_line = gr.Markdown(elem_id="team_agreement")
+        team_table = gr.Dataframe(label="Agreement by scope (95% bootstrap intervals over answers)",
+                                  interactive=False, elem_id="agreement_table")
+        gr.Markdown("### The LLM judge")
+        with gr.Row():
+            judge_run = gr.Button("Judge the answers not yet judged", elem_id="judge_run")
+            judge_stop = gr.Button("Stop", size="sm", elem_id="judge_stop")
+        judge_progress = gr.Markdown(h.runner.progress().markdown(), elem_id="judge_progress")
+        timer = gr.Timer(1.0, active=False)
+        latency_plot = gr.Plot(label="Latency")
+        rates_table = gr.Dataframe(label="Accept rates", interactive=False)
+        gr.Markdown("### Compare: which system answers better")
+        board_summary = gr.Markdown(elem_id="board_summary")
+        board_plot = gr.Plot(label="Win rates and ranking", elem_id="board_plot")
+        board_table = gr.Dataframe(label="Ranking (Bradley-Terry)", interactive=False, elem_id="board")
+    outputs = [summary, rates_plot, agreement_plot, latency_plot, rates_table, team_line, team_table, body]
+    private = dict(api_visibility="private")
     for trigger in (tab.select, refresh.click):
-        trigger(h.refresh, None, outputs, api_visibility="private")
-        trigger(h.refresh_votes, None, [board_summary, board_plot, board_table], api_visibility="private")
+        trigger(h.refresh, [chat_state], outputs, **private)
+        trigger(h.refresh_votes, [chat_state], [board_summary, board_plot, board_table], **private)
+    judge_run.click(h.judge_start, [chat_state], [judge_progress, timer], **private)
+    judge_stop.click(h.judge_stop, [chat_state], [judge_progress, timer], **private)
+    timer.tick(h.judge_tick, None, [judge_progress, timer], **private)
