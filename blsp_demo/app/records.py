@@ -80,6 +80,11 @@ class TurnRecord(Record):
     finish_reason: str | None = None  # vocab.FINISH_REASONS
     notices: list = field(default_factory=list)
     app_ttft_s: float | None = None
+    # spoken replies and hands-free turns (app/speech_out.py): from the end of the question (the end of
+    # speech in hands-free mode) to the first answer token, and to the first spoken reply audio
+    question_end_ttft_s: float | None = None
+    first_audio_s: float | None = None
+    reply_audio_path: str | None = None  # audio/<sha256>.wav of the spoken answer, when the audio is kept
     error: str | None = None  # the message shown, when the turn failed
     error_code: str | None = None  # vocab.ERROR_CODES (or an exception's class name)
 

@@ -23,7 +23,7 @@ CONTENT_SECURITY_POLICY = "; ".join([
     "img-src 'self' data: blob:",
     "media-src 'self' data: blob:",  # recordings and players: the app's own files or the page's blobs
     "font-src 'self' data:",
-    "connect-src 'self'",
+    "connect-src 'self' blob: data:",  # the audio player fetches the page's own blobs (never another host)
     "worker-src 'self' blob:",
     "frame-src 'self'",
     "object-src 'none'",
