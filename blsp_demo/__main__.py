@@ -86,7 +86,7 @@ def cmd_chat(args) -> int:
     try:
         if args.audio and not getattr(args, "no_speech_check", False):  # noise, music, hum: refused before loading a model
             from blsp_demo.audio import load_audio
-            from blsp_demo.vad import SpeechDetector
+            from blsp_demo.speech_presence import SpeechDetector
 
             SpeechDetector().check(load_audio(args.audio))
         engine = load_engine(args.model or _default_model(), args.system, device=args.device)

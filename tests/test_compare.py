@@ -381,5 +381,7 @@ def test_configured_checkpoints_join_the_compare_systems(monkeypatch, tmp_path):
     settings = AppSettings.from_env(model="some/checkpoint", data_dir=tmp_path)
     assert settings.extra_models == ("./ckpt/llasm-tiny", "org/blsp-7b")
     services = Services.create(settings, pool=EnginePool(lambda spec: FakeEngine(spec)))
-    assert Arena(services).systems == ["some/checkpoint", "micro-blsp", "micro-cascade", "micro-text", "micro-ctc",
-                                       "./ckpt/llasm-tiny", "org/blsp-7b"]
+    from blsp_demo.engine.registry import REGISTRY
+
+    assert Arena(services).systems == ["some/checkpoint", *REGISTRY, "./ckpt/llasm-tiny", "org/blsp-7b"]
+    assert {"micro-blsp", "micro-cascade", "micro-text", "micro-ctc"} <= set(REGISTRY)

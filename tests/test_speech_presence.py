@@ -16,7 +16,7 @@ from blsp_demo.app.store import Store, read_records
 from blsp_demo.audio import AudioError, load_audio
 from blsp_demo.engine.chat import StreamChunk
 from blsp_demo.options import Response
-from blsp_demo.vad import SpeechDetector
+from blsp_demo.speech_presence import SpeechDetector
 
 SR = 16000
 EXAMPLES = load_examples()

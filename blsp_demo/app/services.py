@@ -12,7 +12,7 @@ from typing import Callable
 
 from blsp_demo.app.settings import AppSettings
 from blsp_demo.app.store import Store
-from blsp_demo.vad import SpeechDetector
+from blsp_demo.speech_presence import SpeechDetector
 from blsp_demo.app.limits import RateLimits, Retired, SessionGate
 from blsp_demo.app.uploads import UploadCache
 from blsp_demo.files import content_sha256
