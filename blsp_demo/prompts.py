@@ -59,9 +59,12 @@ TEMPLATES: dict[str, PromptTemplate] = {
         instruction_sep="\n", join_instruction_to_prefix=False, stop_strings=(),
     ),
 }
-# Qwen2.5 instruct models: ChatML with Qwen's own default system prompt.
-TEMPLATES["qwen-chatml"] = replace(TEMPLATES["chatml"], name="qwen-chatml",
-                                   system_default="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")
+# Qwen2.5 instruct models: ChatML. Qwen's own default ("You are Qwen, created by Alibaba Cloud. You
+# are a helpful assistant.") made the Coder model refuse plain questions ("I'm sorry, but I can't
+# assist with that."); the voice-assistant prompt below was chosen on the spoken dev questions.
+QWEN_VOICE_SYSTEM = ("You are a helpful voice assistant. The user speaks to you; their words may be slightly "
+                     "misheard. Answer every question directly, in one short sentence.")
+TEMPLATES["qwen-chatml"] = replace(TEMPLATES["chatml"], name="qwen-chatml", system_default=QWEN_VOICE_SYSTEM)
 # LLaSM (LinkSoul-AI/LLaSM `infer_tokenize.py`). Chinese-Llama-2: llama2-inst, with the system text
 # both first on its own and inside the first [INST], and each human turn encoded in one call.
 TEMPLATES["llasm-llama2"] = replace(TEMPLATES["llama2-inst"], name="llasm-llama2", system_repeated=True,

@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 
 NOT_CONFIGURED = ("No judge is configured: start the app with OPENAI_BASE_URL (an OpenAI-compatible server: "
                   "vLLM, llama.cpp's server, Ollama, OpenAI) and JUDGE_MODEL, plus OPENAI_API_KEY if the "
-                  "server needs one; or judge from the command line (`python -m evaluations.judge_logs`).")
+                  "server needs one; or judge from the command line (`python -m evaluations.judge_logs`). "
+                  "Real judging needs a capable model behind that server: the offline models this project "
+                  "bundles (SmolLM2-135M, Qwen2.5-Coder 0.5B and 1.5B) agree with answer match at chance "
+                  "(kappa 0.01-0.04), so they only try the plumbing.")
 NO_QUESTION = "(speech)"
 
 
