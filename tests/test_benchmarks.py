@@ -17,7 +17,8 @@ from evaluations.benchmarks.official import OfficialPath, forced_options
 from evaluations.benchmarks.speech import QUESTION_SECONDS, UserTurn, five_second_clip, question_clips
 from evaluations.benchmarks.stages import add_user
 
-FINAL = re.compile(r"^speedup_ttft_turn1=\S+ speedup_ttft_turn10=\S+ speedup_batch=\S+ decode_vs_bound=\S+$")
+FINAL = re.compile(r"^speedup_ttft_turn1=\S+ speedup_ttft_turn10=\S+ speedup_batch=\S+ decode_vs_bound=\S+ "
+                   r"decode_vs_llamacpp=\S+ peak_rss_gb=\S+$")
 REPLIES = ("paris is the capital of france.", "one two three four five", "hello world how are you today")
 
 
@@ -135,7 +136,9 @@ def test_quick_benchmark_prints_the_table_and_one_summary_line(official_checkpoi
     lines = capsys.readouterr().out.strip().splitlines()
     assert FINAL.match(lines[-1]) and sum(bool(FINAL.match(x)) for x in lines) == 1
     values = dict(kv.split("=") for kv in lines[-1].split())
+    assert values.pop("decode_vs_llamacpp") == "nan"  # a folder's LLM is no bundled GGUF: nothing to compare
     assert all(float(v) > 0 for v in values.values())
+    assert 0.1 < float(values["peak_rss_gb"]) < 64 and results.llamacpp == []
     text = "\n".join(lines)
     for heading in ("5 s spoken question", "Conversation", "Batch:", "Limit:", "peak RSS"):
         assert heading in text
@@ -200,4 +203,5 @@ def test_quick_benchmark_on_the_shipped_micro_blsp(tmp_path):
     last = done.stdout.strip().splitlines()[-1]
     assert FINAL.match(last), done.stdout[-2000:]
     assert all(float(v.split("=")[1]) > 0 for v in last.split())
+    assert "Decode vs llama.cpp" in done.stdout and "smollm2-135m-instruct: engine (llama.cpp)" in done.stdout
     assert "micro-blsp (" in done.stdout + done.stderr  # the trained adapter, not the random-adapter fallback

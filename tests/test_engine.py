@@ -149,9 +149,8 @@ def test_new_conversations_reuse_the_shared_system_prompt(parts, clips):
         ref = plain.respond(conv, GREEDY)
         assert ref.text == got.text and ref.cached_tokens == 0
     seed = engine.prefixes.copy(plan.shared_keys)
-    shared_logits, _ = engine._forward(plan.ids[plan.shared:], plan.frames_from(plan.shared), seed, plan.shared,
-                                       len(plan.ids))
-    full_logits, _ = engine._forward(plan.ids, plan.frames_from(0), engine._new_cache(), 0, len(plan.ids))
+    shared_logits, _ = engine._forward(plan.ids[plan.shared:], plan.frames_from(plan.shared), seed, plan.shared)
+    full_logits, _ = engine._forward(plan.ids, plan.frames_from(0), engine._new_cache(), 0)
     torch.testing.assert_close(shared_logits, full_logits, atol=1e-5, rtol=1e-4)
     # Later turns reuse the conversation's own cache, as before; a forgotten one starts over.
     conv = spoken(clips)

@@ -4,9 +4,14 @@
     cascade_engine(llm, tokenizer, template, asr, model_id="y")   # system "cascade" (or "ctc")
     text_engine(llm, tokenizer, template, model_id="z")
     llasm_engine(model, tokenizer, tower, template=..., model_id="w")
+
+`llm` is a torch LLM or an `engine.runtime.LlmRuntime` (llama.cpp over the GGUF); `blsp_engine`
+takes a runtime for the LLM through `runtime=` (the BLSP model still encodes the speech).
 """
 
 from __future__ import annotations
+
+import torch
 
 from blsp_demo.audio import AudioLimits
 from blsp_demo.engine.chat import ChatEngine, EngineLimits
@@ -18,6 +23,17 @@ from blsp_demo.prompts import PromptTemplate
 PLANNERS: dict[str, Planner] = {"pieces": plan_pieces, "llasm-calls": plan_calls}
 
 
+def text_embed(llm):
+    """The embed function of a text-only LLM; a runtime that is no torch module embeds tokens itself."""
+    if isinstance(llm, torch.nn.Module):
+        return token_embeddings(llm)
+
+    def refuse(ids, frames):
+        raise ValueError("this LLM runtime takes token ids, not embeddings from the engine")
+
+    return refuse
+
+
 def engine_of(llm, tokenizer, template: PromptTemplate, frontend, *, model_id: str, revision: str = "",
               device=None, limits: EngineLimits = EngineLimits()) -> ChatEngine:
     if template.tokenization not in PLANNERS:
@@ -27,23 +43,23 @@ def engine_of(llm, tokenizer, template: PromptTemplate, frontend, *, model_id: s
 
 
 def blsp_engine(model, tokenizer, feature_extractor, *, template: PromptTemplate, window: str | None = None,
-                audio_limits: AudioLimits = AudioLimits(), **kw) -> ChatEngine:
-    """BLSP: speech turns enter the LLM as adapter outputs."""
+                audio_limits: AudioLimits = AudioLimits(), runtime=None, **kw) -> ChatEngine:
+    """BLSP: speech turns enter the LLM as adapter outputs (`runtime`: another runtime for the LLM)."""
     frontend = BlspFrames(model, feature_extractor, window, audio_limits)
-    return engine_of(model.llama_model, tokenizer, template, frontend, **kw)
+    return engine_of(runtime if runtime is not None else model.llama_model, tokenizer, template, frontend, **kw)
 
 
 def cascade_engine(llm, tokenizer, template: PromptTemplate, asr, *, system: str = "cascade",
                    audio_limits: AudioLimits = AudioLimits(), **kw) -> ChatEngine:
     """Whisper+LLM (or CTC+LLM with `system="ctc"`): each speech turn is transcribed by `asr`."""
-    frontend = AsrTranscript(system, asr, token_embeddings(llm), audio_limits)
+    frontend = AsrTranscript(system, asr, text_embed(llm), audio_limits)
     return engine_of(llm, tokenizer, template, frontend, **kw)
 
 
 def text_engine(llm, tokenizer, template: PromptTemplate, **kw) -> ChatEngine:
     """Text+LLM: the known transcript of each speech turn goes to the LLM."""
     kw.pop("audio_limits", None)
-    return engine_of(llm, tokenizer, template, KnownTranscript(token_embeddings(llm)), **kw)
+    return engine_of(llm, tokenizer, template, KnownTranscript(text_embed(llm)), **kw)
 
 
 def llasm_engine(model, tokenizer, tower, *, template: PromptTemplate,

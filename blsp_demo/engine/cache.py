@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -20,7 +21,7 @@ Key = tuple  # ("t", token_id) or ("s", audio_key, frame_index)
 class ChatCache:
     """A conversation's KV cache and memos. Owned by one conversation id."""
 
-    past: object | None = None  # transformers DynamicCache
+    past: object | None = None  # the runtime's cache: a transformers DynamicCache, or a llama.cpp LlamaSeq
     keys: list[Key] = field(default_factory=list)
     reply_ids: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (turn, reply) -> ids as generated
     speech: dict[str, torch.Tensor] = field(default_factory=dict)  # audio key -> (S, d_llm)
@@ -30,6 +31,8 @@ class ChatCache:
     def nbytes(self) -> int:
         """Memory held by the KV cache and the speech frames (what bounds the LRU by bytes)."""
         total = sum(t.numel() * t.element_size() for t in self.speech.values())
+        if hasattr(self.past, "nbytes"):  # a llama.cpp sequence knows its own size
+            return total + self.past.nbytes()
         for layer in getattr(self.past, "layers", None) or ():
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
                 if isinstance(t, torch.Tensor):
@@ -115,10 +118,13 @@ class PrefixCaches:
     """KV caches of conversation-independent prompt starts (BOS, system prompt), shared by all the
     conversations of one engine: keys of the positions -> a DynamicCache holding only them. The
     caches held here are never handed out, only copied: decoding appends to a conversation's cache.
-    The keys are the positions' tokens, so two system prompts (personas) never share a start."""
+    The keys are the positions' tokens, so two system prompts (personas) never share a start.
+    `copy(past, n)` makes a cache of the first n positions (the runtime's; by default for a
+    DynamicCache); a start whose copy fails (a llama.cpp sequence cleared to make room) is dropped."""
 
-    def __init__(self, capacity: int = 8):
+    def __init__(self, capacity: int = 8, copy: Callable[[object, int], object | None] | None = None):
         self.capacity = capacity
+        self._copy = copy or cache_prefix
         self._caches: OrderedDict[tuple[Key, ...], object] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -126,9 +132,13 @@ class PrefixCaches:
         """A copy of the cache for these positions (a DynamicCache), or None."""
         with self._lock:
             past = self._caches.get(keys)
-            if past is not None:
-                self._caches.move_to_end(keys)  # most recently used last
-        return None if past is None else cache_prefix(past, len(keys))
+            if past is None:
+                return None
+            self._caches.move_to_end(keys)  # most recently used last
+            out = self._copy(past, len(keys))
+            if out is None:
+                del self._caches[keys]
+            return out
 
     def __contains__(self, keys: tuple[Key, ...]) -> bool:
         with self._lock:
@@ -138,7 +148,7 @@ class PrefixCaches:
         """Keep a copy of the first len(keys) positions of `past` (a conversation's cache)."""
         if not keys or keys in self:
             return
-        prefix = cache_prefix(past, len(keys))
+        prefix = self._copy(past, len(keys))
         if prefix is None:
             return
         with self._lock:

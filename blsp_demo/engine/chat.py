@@ -11,7 +11,6 @@ and copied into a new conversation.
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -22,6 +21,8 @@ from blsp_demo.conversation import Conversation
 from blsp_demo.engine.cache import ChatCache, ConversationCaches, PrefixCaches, common_prefix
 from blsp_demo.engine.decoding import TextStream, cut_loop, make_rng, pick_next, seeded
 from blsp_demo.engine.plan import PromptPlan, Prompting
+from blsp_demo.engine.runtime import LlmRuntime, as_runtime
+from blsp_demo.engine.search import beam_search, decode_rows
 from blsp_demo.options import GenerationOptions, Response
 
 
@@ -41,24 +42,23 @@ class EngineLimits:
 
 
 class ChatEngine:
-    """An LLM that answers conversations; `frontend` decides how speech reaches it."""
+    """An LLM that answers conversations; `frontend` decides how speech reaches it. `llm` is a
+    torch LLM (run by `runtime.TorchRuntime`) or an `LlmRuntime` (llama.cpp on a CPU)."""
 
     def __init__(self, llm, prompting: Prompting, *, model_id: str, revision: str = "",
                  device: torch.device | None = None, limits: EngineLimits = EngineLimits()):
-        self.llm = llm.eval()
         self.prompting = prompting
+        self.runtime: LlmRuntime = as_runtime(llm, prompting.frontend.embed, device)
+        self.llm = self.runtime.llm  # the torch module, None under llama.cpp
         self.model_id = model_id
         self.revision = revision
-        self.device = device or next(llm.parameters()).device
-        ctx = getattr(llm.config, "max_position_embeddings", 2048)
+        self.device = device or self.runtime.device
+        ctx = self.runtime.max_context
         self.max_context = min(limits.max_context or ctx, ctx)
         self.caches = ConversationCaches(limits.max_cached_conversations, limits.max_cache_bytes)
-        self.prefixes = PrefixCaches(limits.max_shared_prefixes) if limits.max_shared_prefixes else None
+        self.prefixes = PrefixCaches(limits.max_shared_prefixes, self.runtime.copy_prefix) \
+            if limits.max_shared_prefixes else None
         self.stop_ids = stop_token_ids(self.tokenizer, self.template.stop_strings)
-        # Only the last position's logits are needed (a 24-position prefill would otherwise compute
-        # 24 x vocab logits); LLMs whose forward lacks the argument (remote code) compute them all.
-        self._last_logits_only = ({"logits_to_keep": 1} if "logits_to_keep" in
-                                  inspect.signature(self.llm.forward).parameters else {})
 
     # ---- what the engine is made of ------------------------------------------------------------
     @property
@@ -99,19 +99,12 @@ class ChatEngine:
         self.caches.forget(conv_id)
 
     # ---- running the LLM -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _forward(self, ids: list[int], frames, past, start: int, mask_len: int):
-        x = torch.tensor([ids], device=self.device)
-        embeds = self.embed(x, frames)  # (1, L_new, d_llm)
-        positions = torch.arange(start, start + len(ids), device=self.device)[None]
-        attn = torch.ones(1, mask_len, dtype=torch.long, device=self.device)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=positions,
-                       past_key_values=past, use_cache=True, **self._last_logits_only)
-        return out.logits[:, -1], out.past_key_values
+    def _forward(self, ids: list[int], frames, past, start: int):
+        """Prefill or decode `ids` at positions start.. of `past` -> ((1, V) last logits, past)."""
+        return self.runtime.forward(ids, frames, past, start), past
 
     def _new_cache(self):
-        from transformers import DynamicCache
-        return DynamicCache(config=self.llm.config)
+        return self.runtime.new_cache()
 
     def stream(self, conv: Conversation, options: GenerationOptions = GenerationOptions()) -> Iterator[StreamChunk]:
         options = options.validate()
@@ -129,22 +122,22 @@ class ChatEngine:
     def _resume(self, cache: ChatCache, plan: PromptPlan) -> tuple[int, object]:
         """How many positions this turn need not prefill, and a cache holding them: the conversation's
         own cache cropped to what still matches, else a copy of the shared prompt start, else none."""
-        own = min(common_prefix(cache.keys, plan.keys), len(plan.ids) - 1) if cache.past is not None else 0
+        held = self.runtime.held(cache.past) if cache.past is not None else 0
+        own = min(common_prefix(cache.keys[:held], plan.keys), len(plan.ids) - 1)
         if self.prefixes is not None and own < plan.shared < len(plan.ids):
             seed = self.prefixes.copy(plan.shared_keys)
             if seed is not None:
                 return plan.shared, seed
         if own == 0:
             return 0, self._new_cache()
-        cache.past.crop(own - cache.past.get_seq_length())  # a negative count removes positions
         cache.keys = cache.keys[:own]
-        return own, cache.past
+        return own, self.runtime.crop(cache.past, own)
 
     def _stream_cached(self, conv, cache: ChatCache, options, t0) -> Iterator[StreamChunk]:
         conv, plan, notices = self.prompting.fit_context(conv, cache, options.max_new_tokens, self.max_context)
         reuse, past = self._resume(cache, plan)
         new_ids = plan.ids[reuse:]
-        logits, past = self._forward(new_ids, plan.frames_from(reuse), past, reuse, len(plan.ids))
+        logits, past = self._forward(new_ids, plan.frames_from(reuse), past, reuse)
         if self.prefixes is not None and reuse < plan.shared:  # this turn prefilled the shared start
             self.prefixes.add(plan.shared_keys, past)
         cache.past, cache.keys = past, list(plan.keys)
@@ -170,7 +163,7 @@ class ChatEngine:
                 break
             if len(generated) == options.max_new_tokens:
                 break
-            logits, past = self._forward([tok], None, past, len(cache.keys), len(cache.keys) + 1)
+            logits, past = self._forward([tok], None, past, len(cache.keys))
             cache.keys.append(("t", tok))
         rest = stream.flush()
         text = stream.final_text()
@@ -188,8 +181,17 @@ class ChatEngine:
         return last.response
 
     # ---- beams and batches: no cache reuse -------------------------------------------------------
-    @torch.inference_mode()
     def _generate_full(self, plans: list[PromptPlan], options: GenerationOptions) -> list[list[int]]:
+        """Beam search or a batch of greedy/sampled rows, each from scratch: transformers' `generate`
+        over a left-padded batch, or under another runtime `engine.search` over its caches."""
+        if self.llm is None:
+            if options.num_beams > 1:
+                return [beam_search(self.runtime, p, options, self.stop_ids) for p in plans]
+            return decode_rows(self.runtime, plans, options, self.stop_ids)
+        return self._hf_generate(plans, options)
+
+    @torch.inference_mode()
+    def _hf_generate(self, plans: list[PromptPlan], options: GenerationOptions) -> list[list[int]]:
         """Left-padded batch through `generate` (beam search or batched greedy/sampling)."""
         width = max(len(p.ids) for p in plans)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids[0]

@@ -15,6 +15,8 @@ from blsp_demo.options import GenerationOptions
 def pick_next(logits: torch.Tensor, opts: GenerationOptions, generated: list[list[int]],
               step: int, stop_ids: list[int], rng: torch.Generator | None) -> torch.Tensor:
     """(B, V) logits of the last position -> (B,) next token ids."""
+    if opts.temperature <= 0 and opts.repetition_penalty == 1.0 and step >= opts.min_new_tokens:
+        return logits.argmax(-1)  # greedy with nothing to edit: no copy
     logits = logits.float().clone()  # inference tensors cannot be edited in place
     if opts.repetition_penalty != 1.0:
         for b, ids in enumerate(generated):

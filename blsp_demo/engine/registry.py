@@ -8,6 +8,8 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MICRO_BLSP = PACKAGE_DIR / "weights" / "micro-blsp"
+MICRO_BLSP_V2 = PACKAGE_DIR / "weights" / "micro-blsp-v2"  # whisper-decoder speech side (issue 15)
+MICRO_BLSP_V2_SOFT = PACKAGE_DIR / "weights" / "micro-blsp-v2-soft"  # its soft-token variant
 DEFAULT_MODEL = "micro-cascade"  # chosen by measurement on the spoken dev questions (README)
 
 SYSTEMS = ("blsp", "cascade", "text", "ctc")
@@ -24,6 +26,12 @@ class RegisteredModel:
 REGISTRY: dict[str, RegisteredModel] = {
     "micro-blsp": RegisteredModel("blsp", MICRO_BLSP,
                                   "Whisper base encoder + trained adapter + SmolLM2-135M-Instruct (BLSP)"),
+    "micro-blsp-v2": RegisteredModel("blsp", MICRO_BLSP_V2,
+                                     "Whisper base encoder + decoder states + trained adapter + SmolLM2-135M-Instruct "
+                                     "(BLSP, DiVA-style)"),
+    "micro-blsp-v2-soft": RegisteredModel("blsp", MICRO_BLSP_V2_SOFT,
+                                          "Whisper base decoder states as soft SmolLM2 token embeddings "
+                                          "(Whisper's own distribution) -> SmolLM2-135M-Instruct"),
     "micro-cascade": RegisteredModel("cascade", None, "Whisper base ASR -> SmolLM2-135M-Instruct (Whisper+LLM)"),
     "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
     "micro-ctc": RegisteredModel("ctc", MICRO_BLSP,

@@ -17,6 +17,7 @@ import torch
 from blsp_demo.weights.devices import Placement, set_threads
 
 from . import machine
+from .llamacpp import llamacpp_lines, run_llamacpp
 from .official import OfficialPath
 from .profiling import profile_turns
 from .report import Results, batch_lines, final_line, from_json, text_table, write_results
@@ -41,6 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="the engine's batch size in the batch stage")
     p.add_argument("--batch-only", action="store_true",
                    help="only the batch stage (prints its lines and speedup_batch=X; writes nothing)")
+    p.add_argument("--llamacpp-only", action="store_true",
+                   help="only the decode comparison with llama.cpp, on every bundled LLM (prints its lines and "
+                        "decode_vs_llamacpp=X for the micro models' SmolLM2; loads no BLSP model; writes nothing)")
     p.add_argument("--out", type=Path, default=None,
                    help="write RESULTS.md, results.json and the plot here (full run default: evaluations/benchmarks)")
     p.add_argument("--no-profile", action="store_true", help="skip the profile (full run)")
@@ -65,7 +69,8 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     engines = {"engine": engine}
     if s.full_window_engine and engine.frontend.window != "full":  # turn 1: how much is the window, how much the rest
         engines["engine-full"] = engine_for(engine.frontend.model, engine.tokenizer, engine.frontend.feature_extractor,
-                                            machine_place(engine), engine.model_id, window="full")
+                                            machine_place(engine), engine.model_id, window="full",
+                                            runtime=None if engine.llm is not None else engine.runtime)
     load = {"loadavg_start": machine.load_average()}
     other = machine.OtherLoad()
     log(f"making speech with espeak-ng in {work}")
@@ -86,14 +91,30 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     memory = {"peak_rss_serving": machine.peak_rss_bytes(), "peak_rss_loading": loading_peak,
               "device_peak": machine.device_peak_bytes(engine.device)}
     measure_bandwidth(limit, engine.device, s, times=2)
+    llamacpp = []
+    if engine.device.type == "cpu" and subject_llm(engine) is not None:  # after the memory window: it loads more
+        log("decode vs llama.cpp")
+        llamacpp = run_llamacpp(subject_llm(engine), threads, LLAMACPP_TOKENS, s.reps)
     profile = None
     if s.profile:
         log("profile")
         profile = profile_turns(engine, official, script, s)
     load |= {"loadavg_end": machine.load_average(), "other_cores": other.cores()}
-    return Results(settings=s, model=model, window=engine.frontend.window, machine=machine.describe(engine.device, threads),
+    described = machine.describe(engine.device, threads) | {"llm_runtime": engine.runtime.kind}
+    return Results(settings=s, model=model, window=engine.frontend.window, machine=described,
                    samples=questions + chats, batch=batch, limit=describe_limit(engine, limit, questions),
-                   memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile)
+                   memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile,
+                   llamacpp=llamacpp)
+
+
+LLAMACPP_TOKENS = 64  # new tokens of the decode comparison with llama.cpp (quick run too)
+
+
+def subject_llm(engine) -> str | None:
+    """The bundled LLM (a GGUF) of the benchmarked model, or None (paper shape, other folders)."""
+    from blsp_demo.weights.llms import DEFAULT_LLM
+
+    return DEFAULT_LLM if engine.model_id == "micro-blsp" else None
 
 
 def run_batch_only(engine, s: Settings, work: Path) -> BatchResult:
@@ -125,6 +146,13 @@ def main(argv: list[str] | None = None) -> Results | BatchResult:
         return results
     threads = set_threads(args.threads)
     s = settings_from(args)
+    if args.llamacpp_only:
+        from blsp_demo.weights.llms import BUNDLED_LLMS, DEFAULT_LLM
+
+        rows = run_llamacpp(DEFAULT_LLM, threads, LLAMACPP_TOKENS, s.reps, also=tuple(BUNDLED_LLMS))
+        print("\n".join(llamacpp_lines(rows)))
+        print(f"decode_vs_llamacpp={rows[0].ratio:.2f}")
+        return rows
     log(f"loading {args.model} ({threads} thread(s))")
     engine, model = load_subject(args.model, args.device, args.dtype)
     with tempfile.TemporaryDirectory(prefix="blsp-bench-") as tmp:

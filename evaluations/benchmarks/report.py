@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 
+from .llamacpp import DecodeVsLlamaCpp, llamacpp_lines
 from .stages import BatchResult, Limit, Sample, Settings
 
 ANALYSIS_START, ANALYSIS_END = "<!-- analysis:start -->", "<!-- analysis:end -->"
@@ -29,6 +30,7 @@ class Results:
     wall_s: float = 0.0
     profile: dict | None = None
     notes: list[str] = field(default_factory=list)
+    llamacpp: list[DecodeVsLlamaCpp] = field(default_factory=list)  # benchmarked model's LLM first
 
 
 # ---- summaries ---------------------------------------------------------------------------------
@@ -60,7 +62,9 @@ def decode_vs_bound(r: Results, system: str = "engine", clock: str = "cpu") -> f
 def headline(r: Results) -> dict[str, float]:
     return {"speedup_ttft_turn1": chat_speedup(r, 1), "speedup_ttft_turn10": chat_speedup(r, r.settings.turns),
             "speedup_batch": ratio(r.batch.engine_per_s, r.batch.official_per_s),
-            "decode_vs_bound": decode_vs_bound(r)}
+            "decode_vs_bound": decode_vs_bound(r),
+            "decode_vs_llamacpp": r.llamacpp[0].ratio if r.llamacpp else float("nan"),
+            "peak_rss_gb": r.memory["peak_rss_serving"] / GB}
 
 
 def final_line(r: Results) -> str:
@@ -122,6 +126,8 @@ def text_table(r: Results) -> str:
                 "medians)"]
     out += format_table(CHAT_HEADER, chat_rows(r))
     out += ["", *batch_lines(r.batch), "", *limit_lines(r)]
+    if r.llamacpp:
+        out += ["", *llamacpp_lines(r.llamacpp)]
     return "\n".join(out)
 
 
@@ -201,7 +207,8 @@ def from_json(d: dict) -> Results:
     return Results(settings=Settings(**settings), model=d["model"], window=d["window"], machine=d["machine"],
                    samples=[Sample(**x) for x in d["samples"]], batch=BatchResult(**d["batch"]),
                    limit=Limit(**limit), memory=d["memory"], load=d["load"], wall_s=d["wall_s"],
-                   profile=profile, notes=d.get("notes", []))
+                   profile=profile, notes=d.get("notes", []),
+                   llamacpp=[DecodeVsLlamaCpp(**x) for x in d.get("llamacpp", [])])
 
 
 def kept_analysis(path: Path) -> str:

@@ -222,9 +222,12 @@ def measure_bandwidth(limit: Limit, device: torch.device, s: Settings, times: in
 
 def describe_limit(engine, limit: Limit, questions: list[Sample]) -> Limit:
     llm = engine.llm
-    dtype = next(llm.parameters()).dtype
-    limit.weight_bytes = weight_bytes(llm)
-    limit.kv_bytes_per_position = kv_bytes_per_position(llm.config, dtype)
+    if llm is None:  # llama.cpp: the GGUF's tensors, f16 keys and values
+        limit.weight_bytes = engine.runtime.weight_bytes()
+        limit.kv_bytes_per_position = engine.runtime.kv_bytes_per_position
+    else:
+        limit.weight_bytes = weight_bytes(llm)
+        limit.kv_bytes_per_position = kv_bytes_per_position(llm.config, next(llm.parameters()).dtype)
     prompts = [q.prompt_tokens + q.new_tokens // 2 for q in questions if q.system == "engine"]
     limit.context = int(median(prompts)) if prompts else 0
     return limit

@@ -5,6 +5,9 @@
 - `paper-shape`: a whisper-small encoder and a Llama-2-7B-shaped LLM with random weights, for a
   GPU machine (no 7B weights can reach one); full 30 s windows, as the official checkpoint needs;
 - anything else: `load_engine(spec, "blsp")` (a BLSP folder, official layout or micro layout).
+
+The micro model's LLM runs as the app runs it (`engine.runtime.runtime_choice`: llama.cpp over the
+GGUF on a CPU unless BLSP_LLM_RUNTIME=torch); the official path always runs the transformers LLM.
 """
 
 from __future__ import annotations
@@ -25,9 +28,18 @@ PAPER_LLAMA = dict(model_type="llama", hidden_size=4096, intermediate_size=11008
 
 
 def engine_for(model, tokenizer, extractor, place: Placement, model_id: str, revision: str = "",
-               window: str | None = None) -> ChatEngine:
+               window: str | None = None, runtime=None) -> ChatEngine:
     return blsp_engine(model, tokenizer, extractor, window=window, template=get_template(model.config.prompt_template),
-                       model_id=model_id, revision=revision, device=place.device)
+                       model_id=model_id, revision=revision, device=place.device, runtime=runtime)
+
+
+def micro_runtime(place: Placement):
+    """The llama.cpp runtime over the bundled SmolLM2 GGUF when the app would use it here, else None."""
+    from blsp_demo.engine.chat import EngineLimits
+    from blsp_demo.engine.loading import gguf_runtime
+    from blsp_demo.weights.llms import DEFAULT_LLM, get_llm
+
+    return gguf_runtime(get_llm(DEFAULT_LLM), place, EngineLimits())
 
 
 def micro_blsp(place: Placement) -> tuple[ChatEngine, str]:
@@ -37,10 +49,10 @@ def micro_blsp(place: Placement) -> tuple[ChatEngine, str]:
 
     try:
         model, tok, fx, mid = load_micro_blsp(REGISTRY["micro-blsp"].folder, place)
-        return engine_for(model, tok, fx, place, "micro-blsp", mid), f"micro-blsp ({mid})"
+        return engine_for(model, tok, fx, place, "micro-blsp", mid, runtime=micro_runtime(place)), f"micro-blsp ({mid})"
     except WeightsError:
         model, tok, fx = assemble_micro(micro_config(), place)
-        return (engine_for(model, tok, fx, place, "micro-blsp", "random-adapter"),
+        return (engine_for(model, tok, fx, place, "micro-blsp", "random-adapter", runtime=micro_runtime(place)),
                 "micro-blsp shapes, random adapter (trained adapter not there yet)")
 
 

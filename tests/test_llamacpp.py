@@ -1,0 +1,139 @@
+"""The LLM runtimes: the choice of runtime, beams and batches without `generate` (on the tiny torch
+model), and llama.cpp over the real SmolLM2 GGUF (slow): streaming, per-conversation sequences,
+speech positions as an embedding batch, shared prompt starts, eviction, beams and sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blsp_demo.conversation import Conversation
+from blsp_demo.engine.cache import ChatCache
+from blsp_demo.engine.llamacpp import _runs
+from blsp_demo.engine.runtime import TorchRuntime, runtime_choice
+from blsp_demo.engine.search import beam_search, decode_rows
+from blsp_demo.options import GenerationOptions
+
+GREEDY = GenerationOptions(max_new_tokens=12)
+
+
+def test_runs_split_speech_slots_from_tokens():
+    assert _runs([1, 2, -200, -200, 3], -200) == [(0, 2, False), (2, 4, True), (4, 5, False)]
+    assert _runs([-200], -200) == [(0, 1, True)]
+    assert _runs([5, 6], None) == [(0, 2, False)]
+
+
+def test_runtime_choice(monkeypatch):
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("BLSP_LLM_RUNTIME", raising=False)
+    assert runtime_choice(cpu, True) == "llama.cpp"  # llama-cpp-python is installed here
+    assert runtime_choice(gpu, True) == "torch" and runtime_choice(cpu, False) == "torch"
+    assert runtime_choice(cpu, True, "torch") == "torch"
+    monkeypatch.setenv("BLSP_LLM_RUNTIME", "torch")
+    assert runtime_choice(cpu, True) == "torch"
+    with pytest.raises(ValueError, match="GGUF LLM on the CPU"):
+        runtime_choice(gpu, True, "llama.cpp")
+    with pytest.raises(ValueError, match="choose from"):
+        runtime_choice(cpu, True, "onnx")
+
+
+@pytest.fixture(scope="module")
+def tiny(official_checkpoint):
+    from transformers import AutoTokenizer
+
+    from blsp_demo.engine.build import text_engine
+    from blsp_demo.model.blsp import BlspModel
+    from blsp_demo.prompts import get_template
+
+    model = BlspModel.from_pretrained(official_checkpoint).eval()
+    tok = AutoTokenizer.from_pretrained(official_checkpoint)
+    return text_engine(model.llama_model, tok, get_template("blsp"), model_id="tiny")
+
+
+def test_search_matches_generate_on_the_torch_runtime(tiny):
+    """decode_rows (greedy, forced length) gives `generate`'s answer; a one-beam search is greedy."""
+    runtime = TorchRuntime(tiny.llm, tiny.frontend.embed)
+    convs = [Conversation().add_text(t) for t in ("hello world", "the cat", "a b c d")]
+    plans = [tiny.plan(c, ChatCache()) for c in convs]
+    forced = GenerationOptions(max_new_tokens=8, min_new_tokens=8)
+    mine = decode_rows(runtime, plans, forced, tiny.stop_ids)
+    assert mine == [tiny._hf_generate([p], forced)[0] for p in plans]
+    assert all(len(ids) == 8 for ids in mine)
+    one_beam = GenerationOptions(max_new_tokens=8, min_new_tokens=8, num_beams=1)
+    assert beam_search(runtime, plans[0], one_beam, tiny.stop_ids) == mine[0]
+
+
+# ---- llama.cpp on the real GGUF ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fast():
+    from blsp_demo.engine.loading import load_engine
+
+    return load_engine("micro-text", runtime="llama.cpp")
+
+
+@pytest.mark.slow
+def test_llamacpp_engine_streams_and_reuses_its_sequence(fast):
+    assert fast.runtime.kind == "llama.cpp" and fast.llm is None
+    conv = Conversation(id="one").add_text("What is the capital of France?")
+    chunks = list(fast.stream(conv, GREEDY))
+    first = chunks[-1].response
+    assert "".join(c.delta for c in chunks) == first.text and len(first.text) > 0
+    conv = conv.add_reply(first.text).add_text("And of Italy?")
+    second = fast.respond(conv, GREEDY)
+    assert second.cached_tokens > 0 and second.prefill_tokens < 20  # the first turn stayed in its sequence
+    again = fast.respond(Conversation(turns=conv.turns, id="fresh"), GREEDY)
+    assert again.text == second.text  # a cached turn answers as a fresh prefill does
+    assert fast.cache_for("one").nbytes() > 0
+    fast.forget("one")
+    fast.forget("fresh")
+
+
+@pytest.mark.slow
+def test_llamacpp_speech_positions_take_embeddings(fast):
+    """Positions fed as an embedding batch (the way speech frames enter) give the logits the same
+    positions give as tokens: here the embeddings are the GGUF's own token embeddings."""
+    from blsp_demo.weights import sources
+
+    rt = fast.runtime
+    tok_emb = sources.load_gguf_causal_lm(*sources.smollm2_gguf()).get_input_embeddings()
+    ids = fast.plan(Conversation().add_text("Name a colour."), ChatCache()).ids
+    as_tokens = rt.forward(ids, None, rt.new_cache(), 0)
+    with torch.no_grad():
+        frames = tok_emb(torch.tensor(ids[5:12]))
+    mixed = ids[:5] + [rt.slot_id] * 7 + ids[12:]
+    as_speech = rt.forward(mixed, frames, rt.new_cache(), 0)
+    torch.testing.assert_close(as_speech, as_tokens, atol=1e-3, rtol=1e-4)
+    with pytest.raises(Exception, match="wide"):
+        rt.forward([rt.slot_id], torch.zeros(1, 7), rt.new_cache(), 0)
+
+
+@pytest.mark.slow
+def test_llamacpp_shared_start_and_eviction():
+    """More conversations than sequences: the oldest one's sequence is taken over; that
+    conversation prefills again and answers as before. The shared start is a sequence too."""
+    from blsp_demo.engine.build import text_engine
+    from blsp_demo.engine.llamacpp import LlamaCppRuntime
+    from blsp_demo.prompts import get_template
+    from blsp_demo.weights import sources
+
+    folder, file = sources.smollm2_gguf()
+    rt = LlamaCppRuntime(folder / file, threads=1, n_ctx=2048, n_seqs=3, slot_id=-200)
+    engine = text_engine(rt, sources.load_gguf_tokenizer(folder, file), get_template("chatml"), model_id="t")
+    convs = [Conversation(id=f"c{i}").add_text(q) for i, q in enumerate(("Hi!", "Name a fruit.", "Count to 3."))]
+    first = [engine.respond(c, GREEDY) for c in convs]
+    assert len(engine.prefixes) == 1 and all(r.cached_tokens > 0 for r in first[1:])  # the shared start
+    again = engine.respond(convs[0].add_reply(first[0].text).add_text("Thanks."), GREEDY)
+    fresh = engine.respond(Conversation(turns=convs[0].add_reply(first[0].text).add_text("Thanks.").turns,
+                                        id="other"), GREEDY)
+    assert again.text == fresh.text
+
+
+@pytest.mark.slow
+def test_llamacpp_beams_sampling_and_batches(fast):
+    conv = Conversation().add_text("What is the capital of France?")
+    beams = fast.respond(conv, GenerationOptions(max_new_tokens=12, num_beams=3))
+    assert "Paris" in beams.text
+    sample = GenerationOptions(max_new_tokens=12, temperature=0.8, seed=7)
+    assert fast.respond(conv, sample).text == fast.respond(Conversation().add_text(conv.turns[0].text), sample).text
+    rows = fast.respond_batch([conv, Conversation().add_text("Name a colour.")], GREEDY)
+    assert rows[0].text == fast.respond(Conversation().add_text(conv.turns[0].text), GREEDY).text
