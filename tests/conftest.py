@@ -48,7 +48,7 @@ def tts_question(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def live_app(tmp_path_factory):
-    """The real app on micro-cascade (real offline weights), launched in this process on a free
+    """The real app on the offline default model (real weights), launched in this process on a free
     port with a fresh data dir. Yields an object with `url`, `data_dir`, `services`."""
     from types import SimpleNamespace
 
@@ -57,8 +57,10 @@ def live_app(tmp_path_factory):
 
     os.environ["BLSP_THREADS"] = "1"
     data_dir = tmp_path_factory.mktemp("app-data")
-    services = Services.create(AppSettings(model="micro-cascade", data_dir=data_dir))
-    services.pool.get("micro-cascade")  # load before the first request: tests time the answers
+    from blsp_demo.engine.registry import DEFAULT_MODEL
+
+    services = Services.create(AppSettings(model=DEFAULT_MODEL, data_dir=data_dir))
+    services.pool.get(DEFAULT_MODEL)  # load before the first request: tests time the answers
     demo = build_demo(services)
     demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
     yield SimpleNamespace(url=demo.local_url, data_dir=data_dir, services=services)

@@ -18,6 +18,7 @@ from conftest import free_port
 from gradio_client import Client, handle_file
 
 from blsp_demo.app.store import read_records, records_files
+from blsp_demo.engine.registry import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SPOKEN = ROOT / "examples" / "capital_of_france.wav"  # espeak-ng at 120 wpm: Whisper base hears it right
@@ -53,7 +54,7 @@ def test_audio_turn_text_turn_feedback_reset(live_app):
     session = {r["id"]: r for r in read_records(live_app.data_dir).records}[details["turn_id"]]["session"]
     mine = session_records(live_app.data_dir, session)
     speech, text = [r for r in mine if r["kind"] == "turn"]
-    assert speech["modality"] == "speech" and speech["model_id"] == "micro-cascade" and speech["engine"] == "cascade"
+    assert speech["modality"] == "speech" and speech["model_id"] == DEFAULT_MODEL and speech["engine"] == "cascade"
     assert speech["audio_sample_rate"] == 16000 and (live_app.data_dir / speech["audio_path"]).is_file()
     assert text["modality"] == "text" and text["turn_index"] == 1 and text["conversation"] == speech["conversation"]
     labels = [(r["turn_id"], r["verdict"], r["reason"]) for r in mine if r["kind"] == "label"]
@@ -100,8 +101,7 @@ def test_two_clients_at_once_never_see_each_others_turns(live_app):
 
 def test_compare_round_and_vote_on_the_real_models(live_app):
     """A typed question to two systems drawn at random from the offline ones, then a vote. Until
-    micro-blsp's adapter is trained it cannot load: the draw leaves it out, so the pair is
-    micro-cascade and micro-text (on a typed question both are SmolLM2 reading the same text)."""
+    micro-blsp's adapter is trained it cannot load: the draw leaves it out."""
     from blsp_demo.engine.registry import REGISTRY
 
     blsp_ready = (REGISTRY["micro-blsp"].folder / "adapter.safetensors").is_file()
@@ -121,7 +121,7 @@ def test_compare_round_and_vote_on_the_real_models(live_app):
     assert pair <= set(REGISTRY) and len(pair) == 2
     assert not any(m in status for m in pair), status  # the contenders stayed anonymous
     if not blsp_ready:
-        assert pair == {"micro-cascade", "micro-text"}
+        assert "micro-blsp" not in pair
     assert shown["winner"] == shown["A"]["model"] and f"**A** was **{shown['A']['model']}**" in reveal
 
     vote = [r for r in read_records(live_app.data_dir).records if r["id"] == shown["vote_id"]][0]

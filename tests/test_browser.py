@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from blsp_demo.engine.registry import DEFAULT_MODEL, REGISTRY
 from blsp_demo.app.store import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_browser_speak_type_and_label(live_app, mic_wav):
             page.get_by_role("tab", name="Annotate").click()
             expect(page.locator("#answers")).to_contain_text("What language", timeout=30000)
             page.locator("#answers").get_by_text("What language").filter(visible=True).first.click()
-            expect(page.locator("#annotate_info")).to_contain_text("micro-cascade", timeout=15000)
+            expect(page.locator("#annotate_info")).to_contain_text(DEFAULT_MODEL, timeout=15000)
             page.screenshot(path=str(OUT / "browser-annotate.png"), full_page=True)
             page.get_by_role("tab", name="Dashboard").click()
             page.wait_for_timeout(4000)
@@ -209,7 +210,6 @@ def test_browser_compare_round_with_a_vote(live_app):
     vote = votes[0]
     assert vote.items() >= {"choice": "A", "reason": "names the city", "modality": "speech", "drawn": "random",
                             "question": "What is the capital of France?"}.items()
-    assert vote["winner"] == vote["model_a"] == winner and {vote["model_a"], vote["model_b"]} <= {"micro-cascade", "micro-text",
-                                                                                         "micro-blsp", "micro-ctc"}
+    assert vote["winner"] == vote["model_a"] == winner and {vote["model_a"], vote["model_b"]} <= set(REGISTRY)
     assert [t["response"].strip() for t in vote["turns"]] == [a_text, b_text]
     assert not [e for e in errors if "favicon" not in e], errors

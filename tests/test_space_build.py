@@ -84,7 +84,9 @@ def space_env(tmp: Path, hub: HubDouble, port: int) -> dict[str, str]:
             "HF_DATASET_REPO": DATASET, "HF_HOME": str(tmp / "hf-home"), "BLSP_CACHE_DIR": str(tmp / "blsp-cache"),
             "BLSP_DATA_DIR": str(tmp / "data"),  # a Space without persistent storage: a disk that dies with it
             "BLSP_PUSH_EVERY_MINUTES": "60",  # so that the push after the answers is the SIGTERM one
-            "BLSP_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+            "BLSP_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+            # The Space variable a host sets to run SmolLM2 (the double serves its repo, not Qwen's 1 GB one)
+            "BLSP_MODEL": "micro-cascade"}
 
 
 @pytest.mark.timeout(1800)  # the venv install: 516 s measured on the shared 2-core machine

@@ -10,7 +10,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MICRO_BLSP = PACKAGE_DIR / "weights" / "micro-blsp"
 MICRO_BLSP_V2 = PACKAGE_DIR / "weights" / "micro-blsp-v2"  # whisper-decoder speech side (issue 15)
 MICRO_BLSP_V2_SOFT = PACKAGE_DIR / "weights" / "micro-blsp-v2-soft"  # its soft-token variant
-DEFAULT_MODEL = "micro-cascade"  # chosen by measurement on the spoken dev questions (README)
+DEFAULT_MODEL = "qwen-cascade"  # chosen by measurement on the spoken dev questions (README)
 
 SYSTEMS = ("blsp", "cascade", "text", "ctc")
 
