@@ -176,8 +176,8 @@ def slow_mic(tmp_path_factory) -> Path:
 
 
 def test_voice_browser_real_model(live_app, slow_mic):
-    """The offline default (micro-cascade) hands-free with spoken answers: the end-of-speech
-    latencies of a real turn (Whisper base + SmolLM2-135M on this CPU)."""
+    """The offline default model hands-free with spoken answers: the end-of-speech
+    latencies of a real turn on this CPU."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -191,6 +191,6 @@ def test_voice_browser_real_model(live_app, slow_mic):
     assert turn["error"] is None and turn["transcript_heard"] and turn["response"]
     assert "capital" in turn["transcript_heard"].lower()  # the question, heard through the browser and the VAD cut
     assert 0 < turn["question_end_ttft_s"] < turn["first_audio_s"] < 60
-    print(f"\nhands-free, micro-cascade: heard {turn['transcript_heard']!r}; end of speech -> first token "
+    print(f"\nhands-free, {turn['model']}: heard {turn['transcript_heard']!r}; end of speech -> first token "
           f"{turn['question_end_ttft_s']:.2f} s, -> first audio {turn['first_audio_s']:.2f} s, "
           f"engine TTFT {turn['ttft_s']:.2f} s, answer {turn['new_tokens']} tokens in {turn['total_s']:.2f} s")
