@@ -73,7 +73,8 @@ def pooled_wer(folders: list[Path], manifest: Path) -> dict[str, float]:
             for system, pairs in preds.items()}
 
 
-def run_sets(model: str | None, work: Path, out: Path, test_limit: int, batch_size: int) -> dict[str, Path]:
+def run_sets(model: str | None, work: Path, out: Path, test_limit: int, batch_size: int,
+             systems: str = "blsp,ctc") -> dict[str, Path]:
     """The three sets for the baselines, then (unless `model` is None) for the model."""
     sets = {"tts-test": (work / "corpus" / "test.jsonl", "asr", test_limit),
             "real": (DATA / "real.jsonl", "asr", None),
@@ -85,7 +86,7 @@ def run_sets(model: str | None, work: Path, out: Path, test_limit: int, batch_si
         evalrun.main([*common, "--systems", "cascade,text", "--model", "micro-blsp",
                       "--out", str(out / "baselines" / name)])
         if model is not None:
-            evalrun.main([*common, "--systems", "blsp,ctc", "--model", model, "--out", str(out / "model" / name)])
+            evalrun.main([*common, "--systems", systems, "--model", model, "--out", str(out / "model" / name)])
         folders[name] = out
     return folders
 
@@ -162,9 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-limit", type=int, default=300, help="TTS test clips")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--skip-representation", action="store_true")
+    p.add_argument("--systems", default="blsp,ctc",
+                   help="the model's systems (a whisper-decoder model has no CTC head: blsp)")
     a = p.parse_args(argv)
     set_threads()
-    run_sets(a.model, a.work, a.out, a.test_limit, a.batch_size)
+    run_sets(a.model, a.work, a.out, a.test_limit, a.batch_size, a.systems)
     if a.model is None:
         return
     if not a.skip_representation:

@@ -86,3 +86,26 @@ def test_micro_ctc_transcribes_with_the_adapters_ctc_head(tts_question):
     engine, r = answer_spoken("micro-ctc", tts_question, 8)
     assert engine.name == "cascade" and engine.model_id == "micro-ctc"
     assert r.transcript and r.new_tokens > 0  # the CTC head's reading, then the LLM's answer to it
+
+
+@pytest.mark.slow
+def test_the_whisper_decoder_recipe_runs_at_toy_size(tmp_path):
+    """corpus -> spoken questions -> step 1 -> decoder states -> regression init -> step 2 -> export."""
+    env = {**os.environ, "BLSP_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    work, out = tmp_path / "work", tmp_path / "exported"
+    cmd = [sys.executable, "-m", "blsp_demo.train.micro", "run", "--recipe", "whisper-decoder", "--work", str(work),
+           "--tiny", "--clips", "12", "--questions", "4", "--repeat-rows", "2", "--generate", "4", "--steps", "2",
+           "--batch-size", "2", "--export", str(out)]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT, timeout=900)
+    import torch
+
+    assert torch.load(work / "step2-decoder" / "last.pt", weights_only=False)["state"]["step"] == 2
+    report = torch.load(work / "decoder_init.pt", weights_only=False)["report"]
+    assert report["pairs"] > 0 and report["linear"]["cosine"] > 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["speech_compression"] == "whisper-decoder" and cfg["components"]["adapter"]["sha256"]
+    from blsp_demo.weights.checkpoints import load_micro_blsp
+    from blsp_demo.weights.devices import Placement
+
+    model, *_ = load_micro_blsp(out, Placement(torch.device("cpu"), torch.float32))  # loads strictly
+    assert model.reads_decoder

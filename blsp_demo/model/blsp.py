@@ -15,13 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, WhisperConfig
-from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.models.whisper.modeling_whisper import WhisperDecoder, WhisperEncoder
 
 from blsp_demo.model.adapter import Adapter, Conv1dSubsampler, lengths_to_mask
 from blsp_demo.model.ctc import CtcSelector
 from blsp_demo.model.encoder import encode_features
+from blsp_demo.model.whisper_reader import DecoderAdapter, greedy_states, soft_tokens
 
 SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
+COMPRESSIONS = ("none", "ctc", "ctc-soft", "whisper-decoder", "whisper-decoder-soft")
 
 
 def llm_config_from_dict(d: dict) -> PretrainedConfig:
@@ -58,7 +60,8 @@ class BlspConfig(PretrainedConfig):
         adapter_inner_dim: int = 512,
         prompt_template: str = "blsp",  # not in official configs: they use the blsp template
         encoder_window: str = "full",  # official checkpoints were trained on 30 s windows
-        speech_compression: str = "none",  # "ctc" / "ctc-soft": frames a CTC head reads as tokens (model/ctc.py)
+        speech_compression: str = "none",  # "ctc" / "ctc-soft": frames a CTC head reads as tokens (model/ctc.py);
+        # "whisper-decoder": Whisper's own decoder states, one per greedy token (model/whisper_reader.py)
         ctc_vocab_size: int = 0,  # token ids the CTC head scores (0: the whole embedding table)
         ctc_sharpness: float = 1.0,  # ctc-soft: logits x this before the softmax over tokens
         **kwargs,
@@ -70,8 +73,8 @@ class BlspConfig(PretrainedConfig):
         self.adapter_inner_dim = adapter_inner_dim
         self.prompt_template = prompt_template
         self.encoder_window = encoder_window
-        if speech_compression not in ("none", "ctc", "ctc-soft"):
-            raise ValueError(f"speech_compression must be 'none', 'ctc' or 'ctc-soft', not {speech_compression!r}")
+        if speech_compression not in COMPRESSIONS:
+            raise ValueError(f"speech_compression must be one of {COMPRESSIONS}, not {speech_compression!r}")
         self.speech_compression = speech_compression
         self.ctc_vocab_size = ctc_vocab_size
         self.ctc_sharpness = ctc_sharpness
@@ -94,10 +97,19 @@ class BlspModel(PreTrainedModel):
         self.whisper_model = WhisperEncoder(whisper_config)
         self.llama_model = AutoModelForCausalLM.from_config(llm_config)
         d_enc, d_llm = whisper_config.d_model, llm_config.hidden_size
-        self.subsampler = Conv1dSubsampler(d_enc, 2 * d_enc, d_llm, config.kernel_sizes)
-        self.adapter = Adapter(d_llm, config.adapter_inner_dim)
-        self.speech_ln = nn.LayerNorm(d_llm, eps=1e-5)
-        self.ctc = CtcSelector(d_llm, config.ctc_vocab_size) if config.speech_compression != "none" else None
+        self.reads_decoder = config.speech_compression.startswith("whisper-decoder")
+        # whisper-decoder-soft: each state also becomes the expected LLM embedding of the Whisper
+        # token it chose (softmax over Whisper's own table x `token_map`, set at assembly).
+        self.token_map = None
+        if self.reads_decoder:  # DiVA-style: Whisper's decoder reads the speech, a small map adapts it
+            self.whisper_decoder = WhisperDecoder(whisper_config)
+            self.decoder_adapter = DecoderAdapter(whisper_config.d_model, d_llm, config.adapter_inner_dim)
+            self.subsampler = self.adapter = self.speech_ln = self.ctc = None
+        else:
+            self.subsampler = Conv1dSubsampler(d_enc, 2 * d_enc, d_llm, config.kernel_sizes)
+            self.adapter = Adapter(d_llm, config.adapter_inner_dim)
+            self.speech_ln = nn.LayerNorm(d_llm, eps=1e-5)
+            self.ctc = CtcSelector(d_llm, config.ctc_vocab_size) if config.speech_compression != "none" else None
         self.post_init()
 
     def _init_weights(self, module):
@@ -111,6 +123,11 @@ class BlspModel(PreTrainedModel):
               compress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states (B, T, d_enc) -> speech embeddings (B, T/8, d_llm) and their lengths
         (with CTC selection: (B, S', d_llm), S' about one frame per spoken token)."""
+        if self.reads_decoder:  # `encoded`: Whisper decoder states, one per token (B, n, d_dec)
+            out = self.decoder_adapter(encoded)
+            if self.token_map is not None:
+                out = out + soft_tokens(encoded, self.whisper_decoder.embed_tokens.weight, self.token_map).to(out.dtype)
+            return out, lengths
         x = self.subsampler(encoded)  # (B, T/8, d_llm)
         x = self.speech_ln(self.adapter(x))
         out_len = self.subsampler.output_lengths(lengths)
@@ -129,7 +146,16 @@ class BlspModel(PreTrainedModel):
         """Log-mel features (B, n_mels, 3000) with real-frame counts (B,) -> (B, S, d_llm), (B,)."""
         encoded, lengths = encode_features(self.whisper_model, features, frames,
                                            window or self.config.encoder_window)
+        if self.reads_decoder:
+            encoded, lengths = self.read_tokens(encoded, lengths)
         return self.adapt(encoded, lengths, compress)
+
+    def read_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, d_enc) -> Whisper's greedy decoder states (B, n, d_dec), (B,)."""
+        rows = [greedy_states(self.whisper_decoder, encoded[b: b + 1, : int(n)])[1] for b, n in enumerate(lengths)]
+        out_len = torch.tensor([r.shape[0] for r in rows], device=lengths.device)
+        padded = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(encoded.dtype)
+        return padded, out_len
 
     # ---- LLM inputs ----------------------------------------------------------------------
     def embed_with_speech(self, input_ids: torch.Tensor, speech_frames: torch.Tensor | None) -> torch.Tensor:

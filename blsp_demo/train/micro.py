@@ -64,7 +64,12 @@ def run_stage(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("command", choices=["run", "step2", "warmstart", "export"])
+    p.add_argument("command", choices=["run", "step2", "warmstart", "export", "decoder-init", "decoder-step2",
+                                        "decoder-export"])
+    p.add_argument("--recipe", choices=["ctc-soft", "whisper-decoder"], default="ctc-soft",
+                   help="run: the speech side to build (whisper-decoder: micro_decoder.py)")
+    p.add_argument("--questions", type=int, default=1500, help="whisper-decoder: spoken training questions")
+    p.add_argument("--repeat-rows", type=int, default=400, help="whisper-decoder: corpus repetition pairs")
     p.add_argument("--work", default="runs/micro")
     p.add_argument("--clips", type=int, default=12000)
     p.add_argument("--train-clips", type=int, default=6000, help="train clips to encode and train on")
@@ -83,8 +88,55 @@ def main(argv: list[str] | None = None) -> None:
     set_threads()
     work = Path(args.work)
     if args.command == "run":
-        return run_all(args, work)
-    {"warmstart": stage_warmstart, "step2": stage_step2, "export": stage_export}[args.command](args, work)
+        return (run_decoder if args.recipe == "whisper-decoder" else run_all)(args, work)
+    {"warmstart": stage_warmstart, "step2": stage_step2, "export": stage_export, "decoder-init": stage_decoder_init,
+     "decoder-step2": stage_decoder_step2, "decoder-export": stage_decoder_export}[args.command](args, work)
+
+
+def run_decoder(args, work: Path) -> None:
+    """The whisper-decoder recipe: corpus, spoken questions, step 1 answers, decoder states, regression
+    init, behavior alignment, export; every stage skipped when done and resumable when cut."""
+    corpus, questions = work / "corpus", work / "questions"
+    if not (corpus / "train.jsonl").is_file():
+        run_stage(["blsp_demo.train.corpus", "--out", str(corpus), "--num", str(args.clips), "--dev-num",
+                   "200" if not args.tiny else "4", "--test-num", "300" if not args.tiny else "4", "--max-words", "25",
+                   *(["--source", "builtin"] if args.tiny else [])])
+    if not (questions / "train.jsonl").is_file():
+        run_stage(["blsp_demo.train.questions", "--out", str(questions), "--num", str(args.questions)])
+    run_stage(["blsp_demo.train.step1", "--manifest", str(questions / "train.jsonl"), "--out",
+               str(work / "targets.jsonl"), "--limit", str(args.generate), "--kinds", "respond:1",
+               "--max-new-tokens", "32", "--batch-size", "32"])
+    for name, limit in (("questions", args.questions), ("corpus", args.repeat_rows)):
+        run_stage(["blsp_demo.train.decoder_states", "--manifest", str(work / name / "train.jsonl"),
+                   "--out", str(work / "decoder_states"), "--prefix", name, "--limit", str(limit)])
+    common = ["--work", str(work), *(["--tiny"] if args.tiny else [])]
+    run_stage(["blsp_demo.train.micro", "decoder-init", *common])
+    run_stage(["blsp_demo.train.micro", "decoder-step2", *common, "--steps", str(args.steps), "--batch-size",
+               str(args.batch_size), "--kd-weight", str(args.kd_weight), "--lr", str(args.lr),
+               "--repeat-rows", str(args.repeat_rows)])
+    if args.export:
+        run_stage(["blsp_demo.train.micro", "decoder-export", "--work", str(work), "--export", args.export])
+
+
+def stage_decoder_init(args, work: Path) -> None:
+    from blsp_demo.train.micro_decoder import stage_init
+
+    print(json.dumps(stage_init(work, steps=20 if args.tiny else 300)))
+
+
+def stage_decoder_step2(args, work: Path) -> None:
+    from blsp_demo.train.micro_decoder import stage_train
+
+    stage_train(work, args.steps, args.batch_size, args.lr, args.kd_weight, args.repeat_rows,
+                checkpoint_every_s=120.0, llm_dtype="float32" if args.tiny else "bfloat16")
+
+
+def stage_decoder_export(args, work: Path) -> None:
+    from blsp_demo.train.micro_decoder import decoder_model
+
+    blob = torch.load(work / "step2-decoder" / "last.pt", weights_only=False)
+    model, _, cfg = decoder_model(blob["adapter"])
+    print(f"exported to {export_micro(model, cfg, Path(args.export))}")
 
 
 def run_all(args, work: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 
-ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln", "ctc")  # the only trained part of a BLSP model
+ADAPTER_MODULES = ("subsampler", "adapter", "speech_ln", "ctc", "decoder_adapter")  # the only trained part of a BLSP model
 
 
 def adapter_parameters(model) -> list[torch.nn.Parameter]:

@@ -75,14 +75,31 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     model = BlspModel(config)
     state = {f"llama_model.{k}": v for k, v in llm.state_dict().items()}
     state.update({f"whisper_model.{k}": v for k, v in whisper_encoder_state(whisper.hf_dir).items()})
-    if config.speech_compression == "whisper-decoder":  # the frozen decoder reads the speech too
+    if config.speech_compression.startswith("whisper-decoder"):  # the frozen decoder reads the speech too
         state.update({f"whisper_decoder.{k}": v for k, v in whisper_state(whisper.hf_dir, "model.decoder.").items()})
     if adapter_state is not None:
         state.update(adapter_state)
     model.load_state_dict(state, strict=adapter_state is not None)
     model.llama_model.tie_weights()
+    if config.speech_compression == "whisper-decoder-soft":
+        model.token_map = whisper_token_map(tokenizer, model.llama_model.get_input_embeddings().weight.detach())
     extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
     return model.to(place.device, place.dtype), tokenizer, extractor
+
+
+def whisper_token_map(llm_tokenizer, table: torch.Tensor, n_text: int = 50257) -> torch.Tensor:
+    """(n_text, d_llm): for each Whisper text token, the mean LLM input embedding of its text's LLM
+    tokens (zero for a byte that is only part of a character). Derived, never stored."""
+    import whisper
+
+    enc = whisper.tokenizer.get_tokenizer(True).encoding
+    out = torch.zeros(n_text, table.shape[1])
+    for i in range(n_text):
+        text = enc.decode_single_token_bytes(i).decode("utf-8", errors="ignore")
+        ids = llm_tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        if ids:
+            out[i] = table[ids].float().mean(0)
+    return out
 
 
 def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, object, str]:

@@ -1,0 +1,68 @@
+"""The `whisper-decoder` speech side (micro-BLSP v2) on tiny random models."""
+
+from __future__ import annotations
+
+import torch
+
+from blsp_demo.model.blsp import BlspConfig, BlspModel
+from blsp_demo.model.whisper_reader import DecoderAdapter, greedy_states, repeated_tail
+from blsp_demo.train.micro_decoder import init_by_regression
+from blsp_demo.train.params import adapter_state
+from tests.tiny import llama_config, whisper_config
+
+
+def tiny_decoder_model(seed: int = 0) -> BlspModel:
+    torch.manual_seed(seed)
+    cfg = BlspConfig(whisper_config={**whisper_config(), "vocab_size": 51865, "max_target_positions": 64},
+                     llama_config=llama_config(100), speech_compression="whisper-decoder",
+                     adapter_inner_dim=16, encoder_window="trimmed")
+    return BlspModel(cfg).eval()
+
+
+def test_repeated_tail_finds_a_decoding_loop():
+    assert repeated_tail([1, 2, 3, 4, 5, 6]) == 0
+    assert repeated_tail([9, 1, 2, 3, 1, 2, 3]) == 3
+    assert repeated_tail([7, 7]) == 0  # shorter than the minimal period: a word may repeat
+    assert repeated_tail([5, 1, 2, 3, 4, 1, 2, 3, 4]) == 4
+
+
+def test_greedy_states_one_state_per_token_and_bounded():
+    model = tiny_decoder_model()
+    encoded = torch.randn(1, 50, 32)  # one second of encoder states
+    tokens, states = greedy_states(model.whisper_decoder, encoded)
+    assert states.shape == (max(1, len(tokens)), 32)
+    assert len(tokens) <= 50 * 8 // 50 + 8  # the per-second cap
+    assert all(t < 50258 for t in tokens)  # no special, language or timestamp token is ever read
+
+
+def test_speech_embeddings_come_from_the_decoder_and_only_the_adapter_is_saved():
+    model = tiny_decoder_model()
+    features, frames = torch.randn(2, 80, 3000), torch.tensor([100, 60])
+    emb, lengths = model.speech_embeddings(features, frames)
+    assert emb.shape[0] == 2 and emb.shape[2] == 64 and int(lengths.max()) == emb.shape[1]
+    assert model.subsampler is None and model.ctc is None
+    assert set(k.split(".")[0] for k in adapter_state(model)) == {"decoder_adapter"}
+    # The adapter is what maps: the same decoder states through it are the embeddings.
+    encoded, n = model.read_tokens(*__import__("blsp_demo.model.encoder", fromlist=["x"]).encode_features(
+        model.whisper_model, features, frames, "trimmed"))
+    assert torch.allclose(model.decoder_adapter(encoded[0, : int(n[0])]), emb[0, : int(lengths[0])], atol=1e-5)
+
+
+def test_regression_init_recovers_a_linear_map():
+    torch.manual_seed(0)
+    x = torch.randn(4000, 12)
+    w = torch.randn(12, 8)
+    y = x @ w + 0.5
+    adapter = DecoderAdapter(12, 8, inner_dim=16)
+    report = init_by_regression(adapter, x, y, ridge=1e-6, steps=5)
+    assert report["linear"]["cosine"] > 0.999 and report["mlp"]["mse"] < 1e-3
+
+
+def test_soft_tokens_follow_whispers_own_distribution():
+    from blsp_demo.model.whisper_reader import soft_tokens
+
+    table = torch.eye(4) * 50  # Whisper's table: 4 text tokens, sharply separated
+    token_map = torch.arange(8.0).reshape(4, 2)  # each Whisper token -> an LLM embedding (2-d)
+    states = torch.eye(4)[[2, 0]]  # states pointing at tokens 2 and 0 (logits 50 against 0)
+    out = soft_tokens(states, table, token_map)
+    assert torch.allclose(out, token_map[[2, 0]], atol=1e-4)
