@@ -307,19 +307,27 @@ _HF_IN_BLOCK = {
 }
 
 
+def rename_parameter(name: str, block: str, block_format: str, in_block: dict, top_level: dict) -> str | None:
+    """One parameter name in the other layout: `block` matches a name inside a layer (groups: part,
+    index, module, weight|bias), `block_format` writes it back; `top_level` maps whole names or the
+    module part of one. None: not a name of this layout."""
+    if m := re.fullmatch(block, name):
+        part, index, module, param = m.groups()
+        return block_format.format(part=part, index=index, module=in_block[module], param=param) \
+            if module in in_block else None
+    if name in top_level:
+        return top_level[name]
+    module, _, param = name.rpartition(".")
+    return f"{top_level[module]}.{param}" if module in top_level else None
+
+
 def hf_name(openai_name: str) -> str:
     """`encoder.blocks.3.attn.query.weight` -> `model.encoder.layers.3.self_attn.q_proj.weight`."""
-    if m := re.fullmatch(r"(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)", openai_name):
-        part, index, module, param = m.groups()
-        if module in _HF_IN_BLOCK:
-            return f"model.{part}.layers.{index}.{_HF_IN_BLOCK[module]}.{param}"
-    elif openai_name in _HF_TOP_LEVEL:
-        return _HF_TOP_LEVEL[openai_name]
-    else:
-        module, param = openai_name.rsplit(".", 1)
-        if module in _HF_TOP_LEVEL:
-            return f"{_HF_TOP_LEVEL[module]}.{param}"
-    raise ValueError(f"not an openai-whisper parameter name: {openai_name!r}")
+    out = rename_parameter(openai_name, r"(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)",
+                           "model.{part}.layers.{index}.{module}.{param}", _HF_IN_BLOCK, _HF_TOP_LEVEL)
+    if out is None:
+        raise ValueError(f"not an openai-whisper parameter name: {openai_name!r}")
+    return out
 
 
 def hf_config_kwargs(dims: dict[str, int]) -> dict:

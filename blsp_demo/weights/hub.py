@@ -15,7 +15,6 @@ every turn record, so what a Space ran is always known.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,17 +106,11 @@ _HF_TOP = {hf: oa for oa, hf in ct2_whisper._HF_TOP_LEVEL.items()}
 def openai_name(hf_name: str) -> str:
     """`model.encoder.layers.3.self_attn.q_proj.weight` -> `encoder.blocks.3.attn.query.weight`
     (the inverse of ct2_whisper.hf_name)."""
-    if m := re.fullmatch(r"model\.(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)", hf_name):
-        part, index, module, param = m.groups()
-        if module in _HF_BLOCK:
-            return f"{part}.blocks.{index}.{_HF_BLOCK[module]}.{param}"
-    elif hf_name in _HF_TOP:
-        return _HF_TOP[hf_name]
-    else:
-        module, param = hf_name.rsplit(".", 1)
-        if module in _HF_TOP:
-            return f"{_HF_TOP[module]}.{param}"
-    raise ValueError(f"not a transformers Whisper parameter name: {hf_name!r}")
+    out = ct2_whisper.rename_parameter(hf_name, r"model\.(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)",
+                                       "{part}.blocks.{index}.{module}.{param}", _HF_BLOCK, _HF_TOP)
+    if out is None:
+        raise ValueError(f"not a transformers Whisper parameter name: {hf_name!r}")
+    return out
 
 
 def hf_to_openai_checkpoint(hf_dir: Path) -> dict:
