@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from blsp_demo.engine.registry import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "BLSP_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
@@ -33,7 +35,7 @@ def test_chat_without_input_says_what_to_give():
 
 @pytest.mark.slow
 def test_cascade_answers_a_spoken_question(tts_question):
-    proc = run_cli("chat", "--model", "micro-cascade", "--audio", str(tts_question), "--json", "--max-new-tokens", "24")
+    proc = run_cli("chat", "--model", DEFAULT_MODEL, "--audio", str(tts_question), "--json", "--max-new-tokens", "24")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"response", "ttft_s", "total_s", "new_tokens", "tokens_per_s", "transcript"} <= set(out)
@@ -43,7 +45,7 @@ def test_cascade_answers_a_spoken_question(tts_question):
 
 @pytest.mark.slow
 def test_text_model_answers_typed_text():
-    proc = run_cli("chat", "--model", "micro-text", "--text", "What is the capital of France?", "--json",
+    proc = run_cli("chat", "--model", "qwen-text", "--text", "What is the capital of France?", "--json",
                    "--max-new-tokens", "16")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "paris" in json.loads(proc.stdout.strip().splitlines()[-1])["response"].lower()
@@ -78,7 +80,7 @@ def test_three_mixed_turns_on_the_real_cascade(tts_question, tmp_path):
 
     second = tmp_path / "q2.wav"
     sp.run(["espeak-ng", "-v", "en-us", "-w", str(second), "How many days are in a week?"], check=True)
-    engine = load_engine("micro-cascade")
+    engine = load_engine(DEFAULT_MODEL)  # (on SmolLM2 under llama.cpp the France answer is a near tie and goes astray)
     opts = GenerationOptions(max_new_tokens=24)
     conv = Conversation().add_speech(str(tts_question))
     r1 = engine.respond(conv, opts)
