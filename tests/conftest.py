@@ -59,7 +59,11 @@ def live_app(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("app-data")
     from blsp_demo.engine.registry import DEFAULT_MODEL
 
+    from blsp_demo.app.limits import RateLimits, SessionGate
+
     services = Services.create(AppSettings(model=DEFAULT_MODEL, data_dir=data_dir))
+    # every client of these tests is on 127.0.0.1: the limits count sessions, as two people's would
+    services.gate = SessionGate(RateLimits.from_env(limit_by="session"))
     services.pool.get(DEFAULT_MODEL)  # load before the first request: tests time the answers
     demo = build_demo(services)
     demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))

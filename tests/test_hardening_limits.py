@@ -36,10 +36,10 @@ def test_rotating_session_hashes_do_not_escape_the_limit_at_once(tmp_path):
         status = next(gen)[2]
         if status.startswith("**Error:**"):
             refused += 1
-            assert "already has 2 questions being answered" in status
+            assert "already has 1 question being answered" in status
         else:
             admitted += 1
-    assert (admitted, refused) == (2, 5)
+    assert (admitted, refused) == (1, 6)
     other = run(h.chat_text("Hi", None, SETTINGS, request("bystander", host="10.0.0.8")))
     assert other[-1][1]["response"]  # another address is not held up
 
@@ -93,3 +93,22 @@ def test_a_sessions_state_is_released_after_the_ttl(tmp_path, monkeypatch):
     demo = build_demo(make_services(tmp_path / "data", {"fake": long_engine()}))
     ttls = [b.time_to_live for b in demo.blocks.values() if isinstance(b, gr.State)]
     assert 90 in ttls  # the chat's state (conversation; its delete_callback drops the KV caches)
+
+
+def test_through_the_real_queue_rotating_hashes_get_one_turn_at_once_and_twenty_a_minute(tmp_path):
+    """The web server's queue starts jobs as its 2 slots free up, so a limit of 2 at once never bit
+    there (7 of 7 parallel turns with rotating hashes were admitted): one address gets one slot."""
+    from blsp_demo.judge.llama_server import free_port
+    from blsp_demo.ui import build_demo, launch_options
+    from evaluations.reliability.round2 import run_rotation
+
+    services = limited_services(tmp_path)
+    demo = build_demo(services)
+    demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
+    try:
+        r = run_rotation(demo.local_url, parallel=7, sequential=25)
+    finally:
+        demo.close()
+    assert r.problems == [], r.problems
+    assert r.parallel_admitted == 1 and r.max_in_a_minute == 20
+    assert "already has 1 question being answered" in r.refusal or "Slow down" in r.refusal

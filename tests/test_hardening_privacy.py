@@ -19,6 +19,7 @@ from test_hardening_round2 import unique_wav
 from test_ui_handlers import FakeEngine, make_services
 
 from blsp_demo.judge.llama_server import free_port
+from evaluations.reliability.queue import file_urls, fn_index, queue_call
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.slow
@@ -63,39 +64,6 @@ def launch(tmp_path, engines):
     demo = build_demo(services)
     demo.launch(**launch_options(services, server_port=free_port(), prevent_thread_lock=True, quiet=True))
     return demo, services
-
-
-def queue_call(url: str, session_hash: str, fn_index: int, data: list, timeout_s: float = 60):
-    """One event by fn_index in a session, as the browser sends it; the completed message."""
-    import json
-
-    joined = httpx.post(url.rstrip("/") + "/gradio_api/queue/join", timeout=30,
-                        json={"data": data, "fn_index": fn_index, "session_hash": session_hash,
-                              "event_data": None, "trigger_id": None})
-    joined.raise_for_status()
-    with httpx.stream("GET", url.rstrip("/") + "/gradio_api/queue/data", params={"session_hash": session_hash},
-                      timeout=timeout_s) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data:"):
-                msg = json.loads(line[5:])
-                if msg.get("msg") == "process_completed":
-                    return msg
-    raise AssertionError("no result")
-
-
-def file_urls(value) -> list[str]:
-    if isinstance(value, dict):
-        return [value["url"]] if value.get("url") else [u for v in value.values() for u in file_urls(v)]
-    if isinstance(value, (list, tuple)):
-        return [u for v in value for u in file_urls(v)]
-    return []
-
-
-def fn_index(config: dict, api_name: str | None = None, elem_id: str | None = None) -> int:
-    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
-    return next(d["id"] for d in config["dependencies"]
-                if (api_name and d.get("api_name") == api_name)
-                or (elem_id and any(ids.get(t[0]) == elem_id for t in d["targets"])))
 
 
 def test_deleted_voice_is_not_served_by_any_url_afterwards(tmp_path):

@@ -25,6 +25,7 @@ from blsp_demo.app.text import MAX_NAME_CHARS, MAX_REASON_CHARS, user_text
 from blsp_demo.ui.annotate import AnnotateHandlers
 from blsp_demo.ui.chat import ChatHandlers
 from blsp_demo.ui.dashboard import DashboardHandlers
+from evaluations.reliability.round2 import fill
 
 BAD = "x \ud800 y"
 
@@ -197,19 +198,6 @@ def tmpfs(path: Path, options: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(folder: Path) -> Path:
-    """Fill the filesystem of `folder` up to its last few hundred bytes."""
-    filler = folder / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 64)
-    return filler
 
 
 def test_a_full_disk_leaves_whole_lines_only_and_says_nothing_was_saved(tmp_path):

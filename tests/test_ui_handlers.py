@@ -63,8 +63,12 @@ def make_services(data_dir: Path, engines: dict) -> Services:
             raise engine
         return engine
 
+    from blsp_demo.app.limits import RateLimits, SessionGate
+
     settings = AppSettings(model="fake", data_dir=data_dir)
-    return Services(settings, EnginePool(loader), Store(data_dir), EXAMPLES, list(engines))
+    # the tests' clients all come from 127.0.0.1: the limits count sessions, as two people's would
+    return Services(settings, EnginePool(loader), Store(data_dir), EXAMPLES, list(engines),
+                    gate=SessionGate(RateLimits(limit_by="session")))
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ by the client, so the per-minute and at-once limits count what the client cannot
 (`ClientKey.counted`): the logged-in user, else the connection's address, or behind a proxy the
 host trusts (`BLSP_FORWARDED_HOPS`) the address that proxy forwarded.
 
-Environment (`RateLimits.from_env`): BLSP_TURNS_PER_MINUTE (20), BLSP_TURNS_AT_ONCE (2 per
-client; 0: no limit), BLSP_LIMIT_BY (`address`, the default, or `session`), BLSP_FORWARDED_HOPS
+Environment (`RateLimits.from_env`): BLSP_TURNS_PER_MINUTE (20), BLSP_TURNS_AT_ONCE (1 per
+client, one less than the queue's 2 generations at once, so one client never holds every slot
+while its other jobs wait in the queue; 0: no limit), BLSP_LIMIT_BY (`address`, the default, or `session`), BLSP_FORWARDED_HOPS
 (0: X-Forwarded-For is ignored; N: the address N proxies from the right, e.g. 1 on a Space).
 """
 
@@ -30,7 +31,7 @@ class RateLimits:
     turns_per_minute: int = 20  # admitted turns per client (see `limit_by`) in any `window_s`; 0: no limit
     window_s: float = 60.0
     one_at_a_time: bool = True  # a session's next turn waits until its current answer is done
-    at_once: int = 2  # turns of one client answered at the same time (its sessions together); 0: no limit
+    at_once: int = 1  # turns of one client answered at the same time (its sessions together); 0: no limit
     limit_by: str = "address"  # what the per-minute and at-once limits count: address | session
     forwarded_hops: int = 0  # trusted proxies in front of the app: 0, X-Forwarded-For is ignored
 
@@ -39,7 +40,7 @@ class RateLimits:
         def num(name, default):
             return int(environ.get(name) or default)
 
-        base = cls(turns_per_minute=num("BLSP_TURNS_PER_MINUTE", 20), at_once=num("BLSP_TURNS_AT_ONCE", 2),
+        base = cls(turns_per_minute=num("BLSP_TURNS_PER_MINUTE", 20), at_once=num("BLSP_TURNS_AT_ONCE", 1),
                    limit_by=environ.get("BLSP_LIMIT_BY") or "address",
                    forwarded_hops=num("BLSP_FORWARDED_HOPS", 0))
         if base.limit_by not in ("address", "session"):
@@ -109,8 +110,8 @@ class SessionGate:
                 raise RateLimited("This session is still waiting for an answer: send the next question "
                                   "once it is done.")
             if self.limits.at_once and counted is not None and self._running.get(counted, 0) >= self.limits.at_once:
-                raise RateLimited(f"Wait for an answer: {who} already has {self.limits.at_once} questions "
-                                  "being answered.")
+                raise RateLimited(f"Wait for an answer: {who} already has {self.limits.at_once} "
+                                  f"question{'s' if self.limits.at_once > 1 else ''} being answered.")
             recent = self._admitted.setdefault(counted, deque())
             if self.limits.turns_per_minute and len(recent) >= self.limits.turns_per_minute:
                 wait = math.ceil(recent[0] + self.limits.window_s - now)

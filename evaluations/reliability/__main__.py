@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import flood, inputs, leaks, load
+from . import flood, inputs, leaks, load, round2
 from .crash import CrashOptions, run_crash
 from .judge_outage import OutageOptions, judge_injections, run_outages
 from .render import CHROMIUM, run_render
@@ -128,8 +128,32 @@ def run_all(opts: RunOptions, work: Path) -> dict:
             crash_server.stop()
     finally:
         main.stop()
+    results["round2"] = run_round2(opts, work)
     results["wall_s"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def run_round2(opts: RunOptions, work: Path) -> dict:
+    """Issue 20's scenarios: rotating session hashes and surrogates on a server that limits by
+    address (as the app does by default), and a server on a full tmpfs data dir."""
+    t0 = time.perf_counter()
+    env = {"BLSP_LIMIT_BY": "address", "BLSP_COMPARE_MODELS": "micro-text"}
+    server = AppServer(ServerOptions(work / "round2", max_new_tokens=opts.max_new_tokens, env=env)).start()
+    try:
+        log("surrogates")
+        out = {"surrogates": dataclasses.asdict(round2.run_surrogates(server))}
+        log("rotating session hashes")
+        out["rotation"] = dataclasses.asdict(round2.run_rotation(server.url))
+    finally:
+        server.stop()
+    log("full disk")
+
+    def start(data: Path) -> AppServer:
+        return AppServer(ServerOptions(data, max_new_tokens=opts.max_new_tokens)).start()
+
+    out["disk"] = dataclasses.asdict(round2.run_full_disk(start, work / "disk"))
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
 
 
 def machine() -> dict:
@@ -146,11 +170,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--work", type=Path, default=None, help="where the servers' data dirs go (default: a temp dir)")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--only", choices=["round2"], default=None,
+                   help="run only these scenarios; the rest of the report comes from --out's results.json")
     a = p.parse_args(argv)
     opts = RunOptions(sessions=a.sessions, turns=a.turns, max_new_tokens=a.max_new_tokens,
                       crash_kill_after_labels=2 * a.sessions)
     with tempfile.TemporaryDirectory(prefix="blsp-reliability-") as tmp:
-        results = run_all(opts, a.work or Path(tmp))
+        if a.only:
+            results = json.loads((a.out / "results.json").read_text())
+            results["round2"] = run_round2(opts, a.work or Path(tmp))
+            results["round2"]["machine"] = machine()
+        else:
+            results = run_all(opts, a.work or Path(tmp))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str) + "\n")
     (a.out / "REPORT.md").write_text(render_report(results), encoding="utf-8")

@@ -28,6 +28,7 @@ def render_report(r: dict) -> str:
         crash_section(r["crash"]),
         judge_section(r["judge"]),
         leaks_section(r["limits_leaks"], r["secrets"]),
+        round2_section(r["round2"]) if "round2" in r else "",
     ]
     return "\n".join(parts)
 
@@ -57,6 +58,7 @@ def summary_table(r: dict) -> str:
         ("Hostile text in a browser", "not run (no chromium)" if render is None else
          f"{render['texts']} texts: script ran: {render['pwned'] is not None or bool(render['dialogs'])}, "
          f"remote fetches: {len(render['tracker_hits'])}", "" if render is None else _ok(render["problems"])),
+        *round2_rows(r.get("round2")),
         ("Rate limit", f"flood of {ll['flood']['burst']}: {ll['flood']['answered']} answered, "
                        f"{ll['flood']['refused']} refused at once; bystander {ll['flood']['bystander_s']} s "
                        f"(quiet {ll['flood']['baseline_s']} s); per-minute limit refused attempt "
@@ -166,3 +168,49 @@ def leaks_section(x: dict, s: dict) -> str:
               f"took {f['bystander_s']} s during the flood ({f['baseline_s']} s on a quiet server). The per-minute "
               f"limit of {pm['limit']} refused attempt {pm['refused_at']}: \"{pm['message']}\""]
     return "\n".join(lines) + "\n"
+
+
+def round2_section(x: dict) -> str:
+    s, rot, d = x["surrogates"], x["rotation"], x["disk"]
+    lines = ["## 6. Round 2 (issue 20)\n",
+             f"A server that limits by address (the app's default, `BLSP_LIMIT_BY=address`) with a Compare "
+             f"pair, then a server on a 1 MB tmpfs data dir. {x['wall_s']:.0f} s"
+             + (f", run {x['machine']['date']} (load average {x['machine']['load_average']})" if "machine" in x else "")
+             + ".\n",
+             "**Lone surrogates** (`\"x \\ud800 y\"`, sent through the queue API in ASCII escapes): "
+             + "; ".join(f"{k}: {v}" for k, v in s["sent"].items()) + ".",
+             "", "| view (a new visitor) | before the restart | after the restart |", "|---|---|---|"]
+    lines += [f"| {k} | {v} | {s['views_after_restart'].get(k, '–')} |" for k, v in s["views"].items()]
+    lines += ["", f"Lone surrogates in the records: {s['bad_bytes_on_disk']}. Problems: {s['problems'] or 'none'}.", "",
+              f"**Rotating session hashes** (every turn from a new hash, one address): {rot['parallel']} turns at once: "
+              f"{rot['parallel_admitted']} admitted (limit {rot['at_once_limit']} at once per address); then "
+              f"{rot['sequential']} one after another: {len(rot['admitted_times'])} admitted, at most "
+              f"{rot['max_in_a_minute']} within any minute (limit {rot['per_minute_limit']}). Refused with: "
+              f"\"{rot['refusal'][:160]}\" With the earlier default of 2 at once the same scenario admitted 7 of 7 "
+              "(2026-12-02): the queue starts jobs as its 2 slots free up, so one address never had more than 2 "
+              "running, yet held both slots while its other jobs waited; the issue's first test measured 28 in 22 s. "
+              f"Problems: {rot['problems'] or 'none'}.", ""]
+    if not d["ran"]:
+        lines.append(f"**Full disk**: not run ({d['why_not']}).")
+    else:
+        lines += [f"**Full disk** (a turn, the tmpfs filled, {len(d['refused'])} long turns, space freed, one more "
+                  "turn): people were told: " + "; ".join(sorted(set(d["refused"]))),
+                  f"Whole lines only: {d['whole_lines']}; pandas reads every file: {d['pandas_ok']}; turns on disk: "
+                  f"{d['texts_on_disk']}. Before the fix: a raw `[Errno 28]`, a partial line mid-file with later "
+                  f"records glued on, and failed turns written later. Problems: {d['problems'] or 'none'}."]
+    return "\n".join(lines) + "\n"
+
+
+def round2_rows(x: dict | None) -> list[tuple]:
+    if x is None:
+        return []
+    s, rot, d = x["surrogates"], x["rotation"], x["disk"]
+    return [("Lone surrogates everywhere", f"{len(s['sent'])} places; views ok before/after restart: "
+             f"{sum(v == 'ok' for v in s['views'].values())}/{len(s['views'])}, "
+             f"{sum(v == 'ok' for v in s['views_after_restart'].values())}/{len(s['views_after_restart'])}",
+             _ok(s["problems"])),
+            ("Rotating session hashes", f"{rot['parallel_admitted']}/{rot['parallel']} at once, at most "
+             f"{rot['max_in_a_minute']} in a minute of {rot['sequential']}", _ok(rot["problems"])),
+            ("Full disk (1 MB tmpfs)", "not run" if not d["ran"] else
+             f"whole lines: {d['whole_lines']}, pandas reads: {d['pandas_ok']}, turns on disk {len(d['texts_on_disk'])}",
+             "" if not d["ran"] else _ok(d["problems"]))]
