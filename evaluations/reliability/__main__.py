@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import flood, inputs, leaks, load, round2
+from . import flood, inputs, leaks, load, round2, soak
 from .crash import CrashOptions, run_crash
 from .judge_outage import OutageOptions, judge_injections, run_outages
 from .render import CHROMIUM, run_render
@@ -152,6 +152,18 @@ def run_round2(opts: RunOptions, work: Path) -> dict:
         return AppServer(ServerOptions(data, max_new_tokens=opts.max_new_tokens)).start()
 
     out["disk"] = dataclasses.asdict(round2.run_full_disk(start, work / "disk"))
+    log("reset and deletion races, soak")
+    ttl = 60.0
+    # answers long enough (200 tokens) for a reset to land mid-answer; no per-minute limit (one
+    # conversation of 34 turns goes faster than 20 a minute)
+    env = {"BLSP_SESSION_TTL_S": str(int(ttl)), "BLSP_TURNS_PER_MINUTE": "0"}
+    server = AppServer(ServerOptions(work / "soak", max_new_tokens=200, env=env)).start()
+    try:
+        out["races"] = [dataclasses.asdict(soak.run_race(server, a)) for a in ("reset", "delete")]
+        result = soak.run_soak(server, ttl, plot=HERE / "soak-rss.png")
+        out["soak"] = dataclasses.asdict(result)
+    finally:
+        server.stop()
     out["wall_s"] = round(time.perf_counter() - t0, 1)
     return out
 
