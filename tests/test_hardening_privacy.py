@@ -19,6 +19,7 @@ from test_hardening_round2 import unique_wav
 from test_ui_handlers import FakeEngine, make_services
 
 from blsp_demo.judge.llama_server import free_port
+from evaluations.reliability.origin import open_every_tab, payload
 from evaluations.reliability.queue import file_urls, fn_index, queue_call
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -47,14 +48,6 @@ def other_host():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
-
-
-def payload(host: str, where: str) -> str:
-    return (f'{where} <audio src="{host}/{where}-audio" autoplay></audio> <img src="{host}/{where}-img"> '
-            f'<video src="{host}/{where}-video" autoplay></video> <audio><source src="{host}/{where}-source"></audio> '
-            f'<form action="{host}/{where}-form"><button>go</button></form> <iframe src="{host}/{where}-frame"></iframe> '
-            f'<link rel="stylesheet" href="{host}/{where}-css"> <span style="background:url({host}/{where}-bg)">x</span> '
-            f'![m]({host}/{where}-md)')
 
 
 def launch(tmp_path, engines):
@@ -123,14 +116,7 @@ def test_no_text_makes_a_viewers_browser_call_another_host(tmp_path, other_host)
             page.keyboard.press("Enter")
             wait_for(lambda: "answer" in (page.locator("#chat .message.bot").last.text_content() or ""),
                      60, "the answer")
-            for tab in ("Compare", "Annotate", "Dashboard", "Chat"):
-                page.get_by_role("tab", name=tab).click()
-                page.wait_for_timeout(2500)
-                for text in ("old-question", "old-answer"):  # open a planted row where a tab lists it
-                    rows = page.get_by_text(text).filter(visible=True)
-                    if rows.count():
-                        rows.first.click()
-                        page.wait_for_timeout(1000)
+            open_every_tab(page)
             browser.close()
     finally:
         demo.close()

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import flood, inputs, leaks, load, round2, soak
+from . import flood, inputs, leaks, load, origin, round2, soak
 from .crash import CrashOptions, run_crash
 from .judge_outage import OutageOptions, judge_injections, run_outages
 from .render import CHROMIUM, run_render
@@ -152,6 +152,19 @@ def run_round2(opts: RunOptions, work: Path) -> dict:
         return AppServer(ServerOptions(data, max_new_tokens=opts.max_new_tokens)).start()
 
     out["disk"] = dataclasses.asdict(round2.run_full_disk(start, work / "disk"))
+    if CHROMIUM.exists():
+        log("requests to other hosts from every tab")
+        tracker = origin.Tracker()
+        try:
+            origin.plant(work / "origin", tracker.url)
+            server = AppServer(ServerOptions(work / "origin", max_new_tokens=opts.max_new_tokens,
+                                             env={"BLSP_COMPARE_MODELS": "micro-text"})).start()
+            try:
+                out["origin"] = dataclasses.asdict(origin.run_origin(server.url, tracker))
+            finally:
+                server.stop()
+        finally:
+            tracker.close()
     log("reset and deletion races, soak")
     ttl = 60.0
     # answers long enough (200 tokens) for a reset to land mid-answer; no per-minute limit (one

@@ -198,6 +198,15 @@ def round2_section(x: dict) -> str:
                   f"Whole lines only: {d['whole_lines']}; pandas reads every file: {d['pandas_ok']}; turns on disk: "
                   f"{d['texts_on_disk']}. Before the fix: a raw `[Errno 28]`, a partial line mid-file with later "
                   f"records glued on, and failed turns written later. Problems: {d['problems'] or 'none'}."]
+    if "origin" in x:
+        o = x["origin"]
+        lines += ["", f"**Requests to other hosts** (headless Chromium, a question typed and tabs "
+                  f"{', '.join(o['tabs'])} opened, planted question, answer, label and vote reasons with `<audio src>`, "
+                  f"`<img>`, `<video>`, `<source>`, `<form action>`, `<iframe>`, `<link>`, CSS `url()` and a markdown "
+                  f"image aimed at a counter on another port): {o['requests']} requests; to another origin "
+                  f"{len(o['away_attempted'])} attempted (blocked by the page's Content-Security-Policy), "
+                  f"{len(o['away_answered'])} answered, {len(o['counter_hits'])} arrived at the counter. "
+                  f"Problems: {o['problems'] or 'none'}."]
     if "soak" in x:
         lines += ["", soak_text(x["soak"], x["races"])]
     return "\n".join(lines) + "\n"
