@@ -25,21 +25,13 @@ from blsp_demo.app.text import MAX_NAME_CHARS, MAX_REASON_CHARS, user_text
 from blsp_demo.ui.annotate import AnnotateHandlers
 from blsp_demo.ui.chat import ChatHandlers
 from blsp_demo.ui.dashboard import DashboardHandlers
-from evaluations.reliability.round2 import fill
+from evaluations.reliability.round2 import fill, utf8_ok
 
 BAD = "x \ud800 y"
 
 
 def run(gen):
     return list(gen)
-
-
-def utf8_ok(value) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def every_view(services) -> dict:

@@ -12,7 +12,6 @@ of its own: a first text turn, the case, then a follow-up text turn, and checks
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ import httpx
 import numpy as np
 import soundfile as sf
 
+from .queue import fn_index, inputs_for, queue_call
 from .server import ROOT, close_soon
 
 SPOKEN = ROOT / "examples" / "capital_of_france.wav"  # espeak-ng at 120 wpm; Whisper base hears it right
@@ -285,26 +285,10 @@ def raw_predict(client, api_name: str, args: list, timeout_s: float = 300) -> tu
     """Call an endpoint in the client's session with JSON written by hand in ASCII escapes, as other
     clients may send it (gradio_client cannot encode a lone surrogate). (outputs, None) or
     (None, error)."""
-    dep = next(d for d in client.config["dependencies"] if d.get("api_name") == api_name)
-    states = {c["id"] for c in client.config["components"] if c.get("type") == "state"}
-    values = iter(args)
-    data = [None if i in states else next(values) for i in dep["inputs"]]
-    body = json.dumps({"data": data, "fn_index": dep["id"], "session_hash": client.session_hash,
-                       "event_data": None, "trigger_id": None}, ensure_ascii=True)
-    joined = httpx.post(client.sse_data_url, content=body.encode("ascii"),
-                        headers={"Content-Type": "application/json"}, timeout=30)
-    joined.raise_for_status()
-    event_id = joined.json()["event_id"]
-    with httpx.stream("GET", client.sse_url, params={"session_hash": client.session_hash},
-                      timeout=timeout_s) as stream:
-        for line in stream.iter_lines():
-            if not line.startswith("data:"):
-                continue
-            msg = json.loads(line[5:])
-            if msg.get("event_id") == event_id and msg.get("msg") == "process_completed":
-                out = msg.get("output") or {}
-                return (out.get("data"), None) if msg.get("success") else (None, str(out.get("error")))
-    return None, "the event stream ended without a result"
+    fn = fn_index(client.config, api_name=api_name)
+    done = queue_call(client.src, client.session_hash, fn, inputs_for(client.config, fn, args), timeout_s)
+    out = done.get("output") or {}
+    return (out.get("data"), None) if done.get("success") else (None, str(out.get("error")))
 
 
 def raw_upload_status(url: str, path: Path) -> int:

@@ -28,17 +28,21 @@ def inputs_for(config: dict, fn: int, args: list) -> list:
     return [None if i in states else next(values, None) for i in dep["inputs"]]
 
 
-def queue_call(url: str, session_hash: str, fn: int, data: list, timeout_s: float = 300) -> dict:
-    """One event in a session; the `process_completed` message (`success`, `output`). The body is
-    sent in ASCII escapes, so a lone surrogate arrives as the server decodes it."""
-    base = url.rstrip("/")
+def join(url: str, session_hash: str, fn: int, data: list) -> str | None:
+    """Put an event in a session's queue without waiting for it; its event id. The body is sent in
+    ASCII escapes, so a lone surrogate arrives as the server decodes it."""
     body = json.dumps({"data": data, "fn_index": fn, "session_hash": session_hash, "event_data": None,
                        "trigger_id": None}, ensure_ascii=True)
-    joined = httpx.post(base + "/gradio_api/queue/join", content=body.encode("ascii"), timeout=30,
+    joined = httpx.post(url.rstrip("/") + "/gradio_api/queue/join", content=body.encode("ascii"), timeout=30,
                         headers={"Content-Type": "application/json"})
     joined.raise_for_status()
-    event_id = joined.json().get("event_id")
-    with httpx.stream("GET", base + "/gradio_api/queue/data", params={"session_hash": session_hash},
+    return joined.json().get("event_id")
+
+
+def queue_call(url: str, session_hash: str, fn: int, data: list, timeout_s: float = 300) -> dict:
+    """One event in a session; the `process_completed` message (`success`, `output`)."""
+    event_id = join(url, session_hash, fn, data)
+    with httpx.stream("GET", url.rstrip("/") + "/gradio_api/queue/data", params={"session_hash": session_hash},
                       timeout=timeout_s) as stream:
         for line in stream.iter_lines():
             if line.startswith("data:"):

@@ -215,7 +215,7 @@ def round2_section(x: dict) -> str:
 def soak_text(k: dict, races: list[dict]) -> str:
     rows = "; ".join(f"{a}: {mb:.0f} MB" for a, mb in k["rss_mb"].items())
     sizes = k["reply_bytes"]
-    lines = [f"**Reset and deletion during a streaming answer** (answers of up to 200 tokens; the action 0.8 s after the "
+    lines = ["**Reset and deletion during a streaming answer** (answers of up to 200 tokens; the action 0.8 s after the "
              "question): " + "; ".join(f"{r['action']}: landed mid-answer {r['hit']}, {r['after']}, problems "
                                       f"{r['problems'] or 'none'}" for r in races) + ".", "",
              f"**Soak** (server RSS every 2 s; session time-to-live `BLSP_SESSION_TTL_S={k['ttl_s']:.0f}`): "

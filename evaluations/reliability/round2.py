@@ -142,8 +142,8 @@ def run_surrogates(server) -> SurrogateResult:
     before = check_views(server.url)
     server.restart()
     after = check_views(server.url)
-    bad = sum(p.read_bytes().count(b"\\ud800") + p.read_bytes().count(b"\xed\xa0\x80")
-              for p in server.data_dir.glob("records/*.jsonl"))
+    raws = [p.read_bytes() for p in server.data_dir.glob("records/*.jsonl")]
+    bad = sum(raw.count(b"\\ud800") + raw.count(b"\xed\xa0\x80") for raw in raws)
     r = SurrogateResult(sent, before, after, bad)
     r.problems = [f"{k}: {v}" for k, v in {**before, **{f"{k} after restart": v for k, v in after.items()}}.items()
                   if v != "ok"]

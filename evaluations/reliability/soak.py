@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from .queue import fn_index, inputs_for, queue_call
+from .queue import fn_index, inputs_for, join, queue_call
 from .round2 import fresh_hash, turn
 
 
@@ -122,13 +122,6 @@ class RaceResult:
     problems: list[str] = field(default_factory=list)
 
 
-def join(url: str, session: str, fn: int, data: list) -> None:
-    """Put an event in the queue without waiting for it (the browser's stream is another request)."""
-    body = json.dumps({"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None})
-    httpx.post(url.rstrip("/") + "/gradio_api/queue/join", content=body, timeout=30,
-               headers={"Content-Type": "application/json"}).raise_for_status()
-
-
 def run_race(server, action: str, wait_s: float = 0.8) -> RaceResult:
     from blsp_demo.app.store import read_records
 
@@ -141,8 +134,9 @@ def run_race(server, action: str, wait_s: float = 0.8) -> RaceResult:
     fn = fn_index(config, api_name="reset") if action == "reset" else fn_index(config, elem_id="delete")
     queue_call(url, session, fn, inputs_for(config, fn, []))
     time.sleep(3)  # the old answer would have written its state back by now
-    mine = next((x["session"] for x in read_records(server.data_dir).records if word in (x.get("text") or "")), None)
-    records = [r for r in read_records(server.data_dir).records if mine and r.get("session") == mine]
+    every = read_records(server.data_dir).records
+    mine = next((x["session"] for x in every if word in (x.get("text") or "")), None)
+    records = [r for r in every if mine and r.get("session") == mine]
     hit = any(r.get("error_code") == "superseded" for r in records) or (
         action == "delete" and not any(r["kind"] == "turn" and r.get("text", "").startswith("Tell") for r in records))
     r = RaceResult(action, hit, "", [])
@@ -154,7 +148,6 @@ def run_race(server, action: str, wait_s: float = 0.8) -> RaceResult:
         if last.get("conversation") == records[0].get("conversation"):
             r.problems.append(f"the next turn still carries the old context ({r.after})")
     else:
-        every = read_records(server.data_dir).records
         deletion = next((x for x in every if x["kind"] == "deletion" and x.get("deleted_session") == mine), None)
         late = [x["kind"] for x in records if deletion and x.get("ts", "") > deletion.get("ts", "")]
         r.after = f"deletion logged: {deletion is not None}; records of the session after it: {late}"
