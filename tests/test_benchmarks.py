@@ -205,3 +205,9 @@ def test_quick_benchmark_on_the_shipped_micro_blsp(tmp_path):
     assert all(float(v.split("=")[1]) > 0 for v in last.split())
     assert "Decode vs llama.cpp" in done.stdout and "smollm2-135m-instruct: engine (llama.cpp)" in done.stdout
     assert "micro-blsp (" in done.stdout + done.stderr  # the trained adapter, not the random-adapter fallback
+    # peak_rss_gb is the serving process of the app's default model (a process of its own)
+    from blsp_demo.engine.registry import DEFAULT_MODEL
+
+    serving = next(x for x in done.stdout.splitlines() if x.strip().startswith(f"{DEFAULT_MODEL} ("))
+    peak = float(serving.split("peak RSS ")[1].split(" GB")[0])
+    assert f"peak_rss_gb={peak:.2f}" in last

@@ -230,3 +230,29 @@ def test_hf_config_special_tokens_follow_the_vocabulary():
     assert (multilingual["eos_token_id"], multilingual["decoder_start_token_id"]) == (50257, 50258)
     assert (english["eos_token_id"], english["decoder_start_token_id"]) == (50256, 50257)
     assert multilingual["encoder_ffn_dim"] == 2048
+
+
+def test_lean_whisper_loading_gives_whisper_load_models_model(tiny, tmp_path):
+    """`asr.load_whisper` (no random init, weights widened from the mapped file) loads what
+    `whisper.load_model` loads: the same fp32 weights and the buffers that are in no checkpoint."""
+    import whisper
+
+    from blsp_demo.engine.asr import load_whisper
+    from blsp_demo.weights.sources import _save_openai_checkpoint
+
+    path = tmp_path / "openai.pt"
+    checkpoint = ct2_whisper.to_openai_checkpoint(tiny)
+    checkpoint["model_state_dict"] = {k: v.half().float() for k, v in checkpoint["model_state_dict"].items()}
+    _save_openai_checkpoint(checkpoint, path)  # float16 values: stored as float16, as the real one is
+    theirs = whisper.load_model(str(path), device="cpu")
+    mine = load_whisper(path, torch.device("cpu"))
+    a, b = theirs.state_dict(), mine.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].float()) for k in a)
+    assert b["encoder.blocks.0.mlp.0.weight"].dtype == torch.float16  # stored so, lossless: kept so
+    assert b["decoder.blocks.0.mlp.0.weight"].dtype == b["encoder.ln_post.weight"].dtype == torch.float32
+    assert torch.equal(theirs.decoder.mask, mine.decoder.mask)
+    assert torch.equal(theirs.alignment_heads.to_dense(), mine.alignment_heads.to_dense())
+    mel = torch.randn(1, N_MELS, 2 * AUDIO_CTX, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[50258, 50259, 50359, 50363]])
+    with torch.no_grad():
+        assert torch.equal(theirs.logits(tokens, theirs.encoder(mel)), mine.logits(tokens, mine.encoder(mel)))

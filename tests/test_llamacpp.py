@@ -50,6 +50,27 @@ def tiny(official_checkpoint):
     return text_engine(model.llama_model, tok, get_template("blsp"), model_id="tiny")
 
 
+class RowsTogether:
+    """The torch runtime with llama.cpp's `forward_many` surface (one call for every row's next
+    token, groups of `max_rows`), to test the batched loop of `decode_rows` against row by row."""
+
+    max_rows = 2
+
+    def __init__(self, runtime):
+        self.inner, self.device, self.calls = runtime, runtime.device, []
+
+    def new_cache(self):
+        return self.inner.new_cache()
+
+    def forward(self, ids, frames, past, start):
+        return self.inner.forward(ids, frames, past, start)
+
+    def forward_many(self, tokens, pasts):
+        assert len(tokens) <= self.max_rows
+        self.calls.append(len(tokens))
+        return torch.cat([self.inner.forward([t], None, p, self.inner.held(p)) for t, p in zip(tokens, pasts)])
+
+
 def test_search_matches_generate_on_the_torch_runtime(tiny):
     """decode_rows (greedy, forced length) gives `generate`'s answer; a one-beam search is greedy."""
     runtime = TorchRuntime(tiny.llm, tiny.frontend.embed)
@@ -59,6 +80,9 @@ def test_search_matches_generate_on_the_torch_runtime(tiny):
     mine = decode_rows(runtime, plans, forced, tiny.stop_ids)
     assert mine == [tiny._hf_generate([p], forced)[0] for p in plans]
     assert all(len(ids) == 8 for ids in mine)
+    free = GenerationOptions(max_new_tokens=10)  # rows stop at different steps
+    assert decode_rows(RowsTogether(runtime), plans, free, tiny.stop_ids) == \
+        decode_rows(runtime, plans, free, tiny.stop_ids)
     one_beam = GenerationOptions(max_new_tokens=8, min_new_tokens=8, num_beams=1)
     assert beam_search(runtime, plans[0], one_beam, tiny.stop_ids) == mine[0]
 
@@ -137,3 +161,33 @@ def test_llamacpp_beams_sampling_and_batches(fast):
     assert fast.respond(conv, sample).text == fast.respond(Conversation().add_text(conv.turns[0].text), sample).text
     rows = fast.respond_batch([conv, Conversation().add_text("Name a colour.")], GREEDY)
     assert rows[0].text == fast.respond(Conversation().add_text(conv.turns[0].text), GREEDY).text
+
+
+@pytest.mark.slow
+def test_llamacpp_rows_decode_together():
+    """`forward_many` (one llama_decode for several sequences) gives each row the logits of its own
+    forward; a batch of more rows than `max_rows` answers as row by row does. (Not as `respond` does to
+    the last token: it prefills the shared system prompt apart, and other chunks round otherwise.)"""
+    from blsp_demo.engine.build import text_engine
+    from blsp_demo.engine.llamacpp import LlamaCppRuntime
+    from blsp_demo.prompts import get_template
+    from blsp_demo.weights import sources
+
+    folder, file = sources.smollm2_gguf()
+    rt = LlamaCppRuntime(folder / file, threads=1, n_ctx=2048, n_seqs=4, slot_id=-200)
+    assert rt.max_rows == 2
+    engine = text_engine(rt, sources.load_gguf_tokenizer(folder, file), get_template("chatml"), model_id="t")
+    plans = [engine.plan(Conversation().add_text(q), ChatCache()) for q in ("Hi!", "Name a fruit.")]
+    pasts = [rt.new_cache() for _ in plans]
+    firsts = [rt.forward(p.ids, None, past, 0) for p, past in zip(plans, pasts)]
+    toks = [int(f.argmax()) for f in firsts]
+    together = rt.forward_many(toks, pasts)  # (2, V)
+    assert together.shape == (2, rt.n_vocab) and [p.length for p in pasts] == [len(p.ids) + 1 for p in plans]
+    for p, tok, row in zip(plans, toks, together):
+        alone = rt.forward(p.ids + [tok], None, rt.new_cache(), 0)[0]
+        torch.testing.assert_close(row, alone, atol=2e-2, rtol=1e-3)
+    questions = ("What is the capital of France?", "Name a colour.", "Count to 3.", "Hi!", "What is 2+2?")
+    convs = [Conversation().add_text(q) for q in questions]
+    rows = engine.respond_batch(convs, GREEDY, batch_size=8)  # groups of 2, 2 and 1 rows
+    singles = engine.respond_batch(convs, GREEDY, batch_size=1)  # one sequence in each llama_decode
+    assert [r.text for r in rows] == [r.text for r in singles] and all(r.text for r in rows)

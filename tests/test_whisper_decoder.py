@@ -66,3 +66,43 @@ def test_soft_tokens_follow_whispers_own_distribution():
     states = torch.eye(4)[[2, 0]]  # states pointing at tokens 2 and 0 (logits 50 against 0)
     out = soft_tokens(states, table, token_map)
     assert torch.allclose(out, token_map[[2, 0]], atol=1e-4)
+
+
+def test_llm_positions_retokenize_whispers_reading():
+    """Whisper's pieces " Par" + "is" + " now" read with certainty become the LLM's own tokens of
+    "Paris now" (one position per LLM token, not per Whisper token); an uncertain Whisper position
+    moves only the LLM tokens that overlap it, by its soft-minus-chosen drift."""
+    from blsp_demo.model.whisper_reader import llm_positions, overlaps, token_spans
+
+    pieces = [" Par", "is", " now"]
+    assert token_spans(pieces) == [(0, 4), (4, 6), (6, 10)]
+    assert overlaps([(0, 5), (5, 9)], [(0, 3), (3, 5), (5, 9)]) == [[0, 1], [2]]
+
+    def llm_tokenize(text):  # a toy LLM tokenizer: "Paris" is one token, " now" another
+        assert text == "Paris now"  # the stripped transcript, as the cascade passes it
+        return [7, 3], [(0, 5), (5, 9)]
+
+    table = torch.eye(3) * 50  # Whisper's table over its 3 text tokens (ids 0, 1, 2 = the pieces)
+    token_map = torch.arange(6.0).reshape(3, 2)
+    llm_table = torch.arange(20.0).reshape(10, 2)
+    sure = torch.eye(3)  # each state points at its own token
+    out = llm_positions([0, 1, 2], sure, pieces, llm_tokenize, llm_table, table, token_map)
+    assert torch.allclose(out, llm_table[[7, 3]], atol=1e-4)
+    unsure = sure.clone()
+    unsure[2] = torch.tensor([1.0, 0.0, 1.0]) / 1.0  # " now": tokens 0 and 2 equally likely
+    out = llm_positions([0, 1, 2], unsure, pieces, llm_tokenize, llm_table, table, token_map)
+    drift = 0.5 * (token_map[0] + token_map[2]) - token_map[2]
+    assert torch.allclose(out[0], llm_table[7], atol=1e-4)
+    assert torch.allclose(out[1], llm_table[3] + drift, atol=1e-4)
+    extra = torch.ones(3, 2)  # a trained adapter's output per Whisper position is averaged in too
+    out = llm_positions([0, 1, 2], sure, pieces, llm_tokenize, llm_table, table, token_map, extra=extra)
+    assert torch.allclose(out, llm_table[[7, 3]] + 1, atol=1e-4)
+
+
+def test_reader_positions_llm_needs_the_soft_reader():
+    import pytest
+
+    with pytest.raises(ValueError, match="whisper-decoder-soft"):
+        BlspConfig(speech_compression="whisper-decoder", reader_positions="llm")
+    with pytest.raises(ValueError, match="reader_positions"):
+        BlspConfig(speech_compression="whisper-decoder-soft", reader_positions="bpe")

@@ -59,12 +59,35 @@ class WhisperAsr:
 
 def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr:
     """Whisper base ASR (language: BLSP_ASR_LANGUAGE, default English)."""
-    import whisper
-
     weights, _ = hub.whisper_base()  # the pip packages, else openai/whisper-base from the Hub
-    model = whisper.load_model(str(weights.openai_checkpoint_path), device=device)
+    model = load_whisper(weights.openai_checkpoint_path, device)
     return WhisperAsr(model, language or os.environ.get("BLSP_ASR_LANGUAGE", "en") or None, device,
                       bf16_encoder=device.type == "cpu" and fast_bf16(device))
+
+
+def load_whisper(path, device: torch.device):
+    """openai-whisper's model from its checkpoint file, computing in fp32: what `whisper.load_model` gives, without
+    the two copies it makes on the way (a randomly initialized model, and the whole checkpoint read into
+    memory), which stay in the process's resident memory: the model is built with its initialization
+    skipped (its untouched weights take no memory) and each weight is widened from the memory-mapped file
+    and put in place."""
+    from transformers.initialization import no_init_weights
+    from whisper.model import Conv1d, Linear, ModelDimensions, Whisper
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    with no_init_weights():
+        model = Whisper(ModelDimensions(**checkpoint["dims"]))
+    # The encoder's linear and convolution weights stay as stored when that is float16 (saved so only when
+    # lossless): whisper's Linear and Conv1d widen their weight to the input's dtype at each call, so the
+    # fp32 encoder computes exactly as before with half its weight memory (a pass runs once per clip; the
+    # decoder, which runs once per token, and the layer norms are widened here).
+    narrow = {f"encoder.{name}.{p}" for name, mod in model.encoder.named_modules() if isinstance(mod, (Linear, Conv1d))
+              for p, _ in mod.named_parameters(recurse=False)}
+    state = {k: v.clone() if k in narrow and v.dtype == torch.float16 else v.to(torch.float32, copy=True)
+             for k, v in checkpoint["model_state_dict"].items()}
+    del checkpoint  # unmaps the file
+    model.load_state_dict(state, assign=True)
+    return model.to(device)
 
 
 def ctc_asr(blsp: BlspModel, extractor, tokenizer):

@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 BATCH = 512  # positions per llama_decode call (prefill chunks)
+# KV cache cell types (ggml type id, bytes per value): q8_0 halves the cache against f16 (32 values in
+# 34 bytes); llama.cpp needs flash attention for a quantized V cache, which it turns on by itself on a CPU.
+KV_TYPES = {"f16": (1, 2.0), "q8_0": (8, 34 / 32)}
 
 
 class LlamaCppError(RuntimeError):
@@ -74,11 +77,11 @@ class LlamaCppRuntime:
     kind = "llama.cpp"
     llm = None  # no torch module: beams and batches go through `engine.search`
 
-    # n_ctx: KV cells shared by all conversations (allocated and resident from the start: 8192 cells are
-    # 189 MB for SmolLM2-135M, 101 MB for Qwen2.5-0.5B); when they run out the least recently used
-    # conversations are cleared and prefill again on their next turn.
-    def __init__(self, gguf: Path, *, threads: int, n_ctx: int = 8192, n_seqs: int = 48,
-                 slot_id: int | None = None, max_context: int | None = None):
+    # n_ctx: KV cells shared by all conversations (allocated and resident from the start: 8192 cells in
+    # q8_0 are 100 MB for SmolLM2-135M, 53 MB for Qwen2.5-0.5B, half of f16); when they run out the least
+    # recently used conversations are cleared and prefill again on their next turn.
+    def __init__(self, gguf: Path, *, threads: int, n_ctx: int = 8192, n_seqs: int = 64,
+                 slot_id: int | None = None, max_context: int | None = None, kv_type: str = "q8_0"):
         lib = self.lib = _lib()
         _silence(lib)
         lib.llama_backend_init()
@@ -94,6 +97,10 @@ class LlamaCppRuntime:
         cparams.n_batch = cparams.n_ubatch = BATCH
         cparams.n_seq_max = n_seqs
         cparams.n_threads = cparams.n_threads_batch = threads
+        if kv_type not in KV_TYPES:
+            raise LlamaCppError(f"kv_type {kv_type!r}: choose from {sorted(KV_TYPES)}")
+        cparams.type_k = cparams.type_v = KV_TYPES[kv_type][0]
+        self.kv_type = kv_type
         cparams.kv_unified = True  # all sequences share one pool of cells (a shared start costs nothing)
         self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
@@ -111,6 +118,7 @@ class LlamaCppRuntime:
         self._tokens = lib.llama_batch_init(BATCH, 0, 1)
         self._embeds = lib.llama_batch_init(BATCH, self.n_embd, 1)
         self._free = list(range(n_seqs))
+        self.max_rows = n_seqs // 2  # rows decoded together (`forward_many`); the other half stays for conversations
         self._live: OrderedDict[int, weakref.ref] = OrderedDict()  # seq id -> LlamaSeq, least recent first
         self._released: list[int] = []  # seq ids of dropped LlamaSeqs (appended by their finalizers)
         self._lock = threading.RLock()
@@ -119,7 +127,7 @@ class LlamaCppRuntime:
         lib = self.lib
         layers = lib.llama_model_n_layer(self.model)
         heads, kv_heads = lib.llama_model_n_head(self.model), lib.llama_model_n_head_kv(self.model)
-        return 2 * layers * kv_heads * (self.n_embd // heads) * 2  # f16 keys and values
+        return int(2 * layers * kv_heads * (self.n_embd // heads) * KV_TYPES[self.kv_type][1])  # keys and values
 
     def weight_bytes(self) -> int:
         return int(self.lib.llama_model_size(self.model))
@@ -135,11 +143,11 @@ class LlamaCppRuntime:
             del self._live[seq]
             self._free.append(seq)
 
-    def _evict_one(self, keep: int) -> bool:
-        """Clear the least recently used sequence other than `keep`; False when there is none."""
+    def _evict_one(self, keep: set[int]) -> bool:
+        """Clear the least recently used sequence not in `keep`; False when there is none."""
         for seq, ref in self._live.items():
             handle = ref()
-            if seq != keep and handle is not None and handle.length > 0:
+            if seq not in keep and handle is not None and handle.length > 0:
                 self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
                 handle.length = 0
                 return True
@@ -208,6 +216,32 @@ class LlamaCppRuntime:
             row = self._logits_row.from_address(ctypes.addressof(out.contents))  # a view of llama.cpp's buffer
             return torch.frombuffer(bytearray(row), dtype=torch.float32)[None]  # copied: the next decode reuses it
 
+    def forward_many(self, tokens: list[int], pasts: list[LlamaSeq]) -> torch.Tensor:
+        """One new token for each of several sequences, in one llama_decode call (the weights are
+        read once for all of them) -> (n, V) logits, row i for `pasts[i]` after `tokens[i]`."""
+        n = len(tokens)
+        if n != len(pasts) or not 0 < n <= BATCH:
+            raise LlamaCppError(f"forward_many takes 1 to {BATCH} (token, cache) pairs, not {n}/{len(pasts)}")
+        with self._lock:
+            self._collect()
+            batch = self._tokens
+            for i, (tok, past) in enumerate(zip(tokens, pasts)):
+                if past.seq_id < 0:
+                    raise LlamaCppError("a batch row's cache was taken over (more rows than sequences?)")
+                self._live.move_to_end(past.seq_id)
+                batch.token[i] = tok
+                batch.pos[i] = past.length
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = past.seq_id
+                batch.logits[i] = 1
+            batch.n_tokens = n
+            self._decode(batch, *pasts)
+            for past in pasts:
+                past.length += 1
+            out = self.lib.llama_get_logits(self.ctx)  # (n, V): one row per position with logits on
+            rows = np.ctypeslib.as_array(out, shape=(n * self.n_vocab,))
+            return torch.from_numpy(rows.copy()).view(n, self.n_vocab)  # copied: the next decode reuses it
+
     def _decode_tokens(self, ids: list[int], past: LlamaSeq, pos: int, last: bool) -> None:
         batch = self._tokens
         for i, t in enumerate(ids):
@@ -233,12 +267,13 @@ class LlamaCppRuntime:
             batch.logits[i] = 0
         batch.logits[n - 1] = 1 if last else 0
 
-    def _decode(self, batch, past: LlamaSeq) -> None:
+    def _decode(self, batch, *pasts: LlamaSeq) -> None:
+        keep = {p.seq_id for p in pasts}
         while True:
             rc = self.lib.llama_decode(self.ctx, batch)
             if rc == 0:
                 return
-            if rc == 1 and self._evict_one(keep=past.seq_id):  # no room in the KV cache: free some
+            if rc == 1 and self._evict_one(keep=keep):  # no room in the KV cache: free some
                 continue
             raise LlamaCppError(f"llama_decode failed ({rc}): the turn does not fit the KV cache of "
                                 f"{self.n_ctx} positions" if rc == 1 else f"llama_decode failed ({rc})")

@@ -13,21 +13,39 @@ from blsp_demo.options import GenerationOptions
 
 
 def decode_rows(runtime, plans, options: GenerationOptions, stop_ids: list[int]) -> list[list[int]]:
-    """Greedy or sampled answers of independent prompts, one after the other."""
+    """Greedy or sampled answers of independent prompts. Each row is prefilled over a cache of its
+    own; then, when the runtime can (`forward_many`), every unfinished row's next token goes through
+    the LLM in one call, in groups of at most `runtime.max_rows`; otherwise row after row."""
     rng = make_rng(options, runtime.device)
-    out = []
-    for plan in plans:
-        past = runtime.new_cache()
-        logits = runtime.forward(plan.ids, plan.frames_from(0), past, 0)
-        ids: list[int] = []
-        while len(ids) < options.max_new_tokens:
-            tok = int(pick_next(logits, options, [ids], len(ids), stop_ids, rng)[0])
+    if getattr(runtime, "forward_many", None) is None:
+        return [_decode_group(runtime, [plan], options, stop_ids, rng, together=False)[0] for plan in plans]
+    size = max(1, getattr(runtime, "max_rows", len(plans)))
+    return [ids for lo in range(0, len(plans), size)
+            for ids in _decode_group(runtime, plans[lo:lo + size], options, stop_ids, rng, together=True)]
+
+
+def _decode_group(runtime, plans, options: GenerationOptions, stop_ids: list[int], rng, together: bool) -> list[list[int]]:
+    pasts = [runtime.new_cache() for _ in plans]
+    logits = torch.cat([runtime.forward(p.ids, p.frames_from(0), past, 0) for p, past in zip(plans, pasts)])  # (B, V)
+    out: list[list[int]] = [[] for _ in plans]
+    live = list(range(len(plans)))  # rows still decoding; logits row k belongs to live[k]
+    while live and options.max_new_tokens > 0:
+        toks = pick_next(logits, options, [out[r] for r in live], len(out[live[0]]), stop_ids, rng).tolist()
+        going = []
+        for r, tok in zip(live, toks):
             if tok in stop_ids:
-                break
-            ids.append(tok)
-            if len(ids) < options.max_new_tokens:
-                logits = runtime.forward([tok], None, past, len(plan.ids) + len(ids) - 1)
-        out.append(ids)
+                continue
+            out[r].append(tok)
+            if len(out[r]) < options.max_new_tokens:
+                going.append((r, tok))
+        live = [r for r, _ in going]
+        if not live:
+            break
+        if together:
+            logits = runtime.forward_many([t for _, t in going], [pasts[r] for r in live])  # (B_live, V)
+        else:
+            logits = torch.cat([runtime.forward([t], None, pasts[r], len(plans[r].ids) + len(out[r]) - 1)
+                                for r, t in going])
     return out
 
 

@@ -20,10 +20,11 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder, Whisper
 from blsp_demo.model.adapter import Adapter, Conv1dSubsampler, lengths_to_mask
 from blsp_demo.model.ctc import CtcSelector
 from blsp_demo.model.encoder import encode_features
-from blsp_demo.model.whisper_reader import DecoderAdapter, greedy_states, soft_tokens
+from blsp_demo.model.whisper_reader import DecoderAdapter, greedy_states, llm_positions, soft_tokens, whisper_pieces
 
 SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
 COMPRESSIONS = ("none", "ctc", "ctc-soft", "whisper-decoder", "whisper-decoder-soft")
+READER_POSITIONS = ("whisper", "llm")  # whisper-decoder-soft: one speech position per Whisper / per LLM token
 
 
 def llm_config_from_dict(d: dict) -> PretrainedConfig:
@@ -64,6 +65,7 @@ class BlspConfig(PretrainedConfig):
         # "whisper-decoder": Whisper's own decoder states, one per greedy token (model/whisper_reader.py)
         ctc_vocab_size: int = 0,  # token ids the CTC head scores (0: the whole embedding table)
         ctc_sharpness: float = 1.0,  # ctc-soft: logits x this before the softmax over tokens
+        reader_positions: str = "whisper",  # whisper-decoder-soft: "llm" re-tokenizes Whisper's reading (llm_positions)
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -78,6 +80,11 @@ class BlspConfig(PretrainedConfig):
         self.speech_compression = speech_compression
         self.ctc_vocab_size = ctc_vocab_size
         self.ctc_sharpness = ctc_sharpness
+        if reader_positions not in READER_POSITIONS:
+            raise ValueError(f"reader_positions must be one of {READER_POSITIONS}, not {reader_positions!r}")
+        if reader_positions == "llm" and speech_compression != "whisper-decoder-soft":
+            raise ValueError("reader_positions 'llm' needs speech_compression 'whisper-decoder-soft'")
+        self.reader_positions = reader_positions
 
     @property
     def kernel_sizes(self) -> list[int]:
@@ -101,6 +108,7 @@ class BlspModel(PreTrainedModel):
         # whisper-decoder-soft: each state also becomes the expected LLM embedding of the Whisper
         # token it chose (softmax over Whisper's own table x `token_map`, set at assembly).
         self.token_map = None
+        self.llm_tokenize = None  # reader_positions "llm": text -> (LLM ids, character spans), set at assembly
         if self.reads_decoder:  # DiVA-style: Whisper's decoder reads the speech, a small map adapts it
             self.whisper_decoder = WhisperDecoder(whisper_config)
             self.decoder_adapter = DecoderAdapter(whisper_config.d_model, d_llm, config.adapter_inner_dim)
@@ -146,9 +154,29 @@ class BlspModel(PreTrainedModel):
         """Log-mel features (B, n_mels, 3000) with real-frame counts (B,) -> (B, S, d_llm), (B,)."""
         encoded, lengths = encode_features(self.whisper_model, features, frames,
                                            window or self.config.encoder_window)
+        if self.reads_decoder and self.config.reader_positions == "llm":
+            return self.read_llm_positions(encoded, lengths)
         if self.reads_decoder:
             encoded, lengths = self.read_tokens(encoded, lengths)
         return self.adapt(encoded, lengths, compress)
+
+    def read_llm_positions(self, encoded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder states (B, T, d_enc) -> one vector per LLM token of Whisper's greedy reading (B, m, d_llm), (B,)."""
+        if self.token_map is None or self.llm_tokenize is None:
+            raise ValueError("reader_positions 'llm' needs the token map and the LLM tokenizer (set at assembly)")
+        table = self.whisper_decoder.embed_tokens.weight
+        rows = []
+        for b, n in enumerate(lengths):
+            tokens, states = greedy_states(self.whisper_decoder, encoded[b: b + 1, : int(n)])  # (n_tok,), (n_tok, d_dec)
+            if not tokens:  # silence: the one state there is, read softly
+                rows.append(self.adapt(states[None], torch.tensor([1]))[0][0])
+                continue
+            rows.append(llm_positions(tokens, states, whisper_pieces(tokens), self.llm_tokenize,
+                                      self.llama_model.get_input_embeddings().weight, table, self.token_map,
+                                      extra=self.decoder_adapter(states)))  # (m, d_llm)
+        out_len = torch.tensor([r.shape[0] for r in rows], device=lengths.device)
+        dtype = self.llama_model.get_input_embeddings().weight.dtype
+        return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(dtype), out_len
 
     def read_tokens(self, encoded: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encoder states (B, T, d_enc) -> Whisper's greedy decoder states (B, n, d_dec), (B,)."""

@@ -49,6 +49,67 @@ def soft_tokens(states: torch.Tensor, whisper_table: torch.Tensor, token_map: to
     return probs @ token_map.float()
 
 
+def token_spans(pieces: list[str]) -> list[tuple[int, int]]:
+    """Character span [lo, hi) of each Whisper token's text in their concatenation."""
+    spans, at = [], 0
+    for text in pieces:
+        spans.append((at, at + len(text)))
+        at += len(text)
+    return spans
+
+
+def overlaps(llm_spans: list[tuple[int, int]], whisper_spans: list[tuple[int, int]]) -> list[list[int]]:
+    """For each LLM token span, the Whisper positions whose spans it overlaps (in order)."""
+    return [[i for i, (a, b) in enumerate(whisper_spans) if a < hi and lo < b] for lo, hi in llm_spans]
+
+
+def llm_positions(tokens: list[int], states: torch.Tensor, pieces: list[str], llm_tokenize, llm_table: torch.Tensor,
+                  whisper_table: torch.Tensor, token_map: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Whisper's greedy reading (n tokens, their states (n, d_dec)) re-tokenized by the LLM -> (m, d_llm),
+    one vector per LLM token of the transcript (`pieces`: the text of each Whisper token; the transcript is
+    their concatenation, stripped, as the cascade passes it). Each vector is that LLM token's own
+    embedding plus the mean, over the Whisper positions it overlaps, of how far Whisper's distribution
+    moves the expected embedding from its choice (`soft_tokens` minus `token_map` of the chosen token):
+    zero where Whisper is sure, so a confident reading is exactly the transcript's embeddings. `extra`
+    (n, d_llm), a trained adapter's output per Whisper position, is averaged in the same way."""
+    text = "".join(pieces)
+    lead = len(text) - len(text.lstrip())
+    ids, spans = llm_tokenize(text.strip())  # LLM ids and their character spans in the stripped text
+    if not ids:  # nothing read (silence): the soft reading of the one state there is
+        return soft_tokens(states[:1], whisper_table, token_map)
+    drift = soft_tokens(states, whisper_table, token_map) - token_map[torch.tensor(tokens)].float()  # (n, d_llm)
+    if extra is not None:
+        drift = drift + extra.float()
+    hits = overlaps([(lo + lead, hi + lead) for lo, hi in spans], token_spans(pieces))
+    base = llm_table[torch.tensor(ids)].float()  # (m, d_llm)
+    shift = torch.stack([drift[h].mean(0) if h else torch.zeros_like(base[0]) for h in hits])  # (m, d_llm)
+    return base + shift
+
+
+def whisper_pieces(tokens: list[int]) -> list[str]:
+    """The text each Whisper token adds to the transcript (a character split over two tokens goes to the
+    second); joined, they are the decoded transcript."""
+    import whisper
+
+    enc = whisper.tokenizer.get_tokenizer(True).encoding
+    pieces, raw, done = [], b"", ""
+    for t in tokens:
+        raw += enc.decode_single_token_bytes(t)
+        now = raw.decode("utf-8", errors="ignore")
+        pieces.append(now[len(done):])
+        done = now
+    return pieces
+
+
+def offsets_tokenizer(tokenizer):
+    """A fast tokenizer as `llm_tokenize`: text -> (ids, character spans), no special tokens."""
+    def tokenize(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(x) for x in enc["offset_mapping"]]
+
+    return tokenize
+
+
 def _new_cache():
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 

@@ -12,6 +12,7 @@ import torch
 
 from blsp_demo.files import content_sha256
 from blsp_demo.model.blsp import BlspConfig, BlspModel
+from blsp_demo.model.whisper_reader import offsets_tokenizer
 from blsp_demo.weights import hub, sources
 from blsp_demo.weights.devices import Placement
 from blsp_demo.weights.llms import DEFAULT_LLM, load_bundled_llm, weights_note
@@ -83,6 +84,8 @@ def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = Non
     model.llama_model.tie_weights()
     if config.speech_compression == "whisper-decoder-soft":
         model.token_map = whisper_token_map(tokenizer, model.llama_model.get_input_embeddings().weight.detach())
+        if config.reader_positions == "llm":
+            model.llm_tokenize = offsets_tokenizer(tokenizer)
     extractor = WhisperFeatureExtractor.from_pretrained(whisper.hf_dir)
     return model.to(place.device, place.dtype), tokenizer, extractor
 

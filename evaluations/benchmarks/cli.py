@@ -20,6 +20,7 @@ from . import machine
 from .llamacpp import llamacpp_lines, run_llamacpp
 from .official import OfficialPath
 from .profiling import profile_turns
+from .serving import serving_stage
 from .report import Results, batch_lines, final_line, from_json, text_table, write_results
 from .speech import QUESTION_SECONDS, chat_script, five_second_clip, question_clips
 from .stages import FULL, QUICK, BatchResult, Limit, Settings, describe_limit, log, measure_bandwidth, run_batch, \
@@ -95,6 +96,10 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     if engine.device.type == "cpu" and subject_llm(engine) is not None:  # after the memory window: it loads more
         log("decode vs llama.cpp")
         llamacpp = run_llamacpp(subject_llm(engine), threads, LLAMACPP_TOKENS, s.reps)
+    serving = []
+    if subject_llm(engine) is not None:  # a bundled model: the app's default is measured beside it
+        log("serving process: " + ", ".join(serving_models(s)))
+        serving = serving_stage(serving_models(s), threads)
     profile = None
     if s.profile:
         log("profile")
@@ -104,7 +109,14 @@ def run_benchmark(engine, model: str, s: Settings, work: Path, threads: int) -> 
     return Results(settings=s, model=model, window=engine.frontend.window, machine=described,
                    samples=questions + chats, batch=batch, limit=describe_limit(engine, limit, questions),
                    memory=memory, load=load, wall_s=time.perf_counter() - t_start, profile=profile,
-                   llamacpp=llamacpp)
+                   llamacpp=llamacpp, serving=serving)
+
+
+def serving_models(s: Settings) -> list[str]:
+    """The app's default model (its peak is `peak_rss_gb`), and in the full run SmolLM2's cascade beside it."""
+    from blsp_demo.engine.registry import DEFAULT_MODEL
+
+    return [DEFAULT_MODEL] + ([] if s.name == "quick" or DEFAULT_MODEL == "micro-cascade" else ["micro-cascade"])
 
 
 LLAMACPP_TOKENS = 64  # new tokens of the decode comparison with llama.cpp (quick run too)

@@ -9,6 +9,7 @@ from pathlib import Path
 from statistics import median
 
 from .llamacpp import DecodeVsLlamaCpp, llamacpp_lines
+from .serving import serving_lines
 from .stages import BatchResult, Limit, Sample, Settings
 
 ANALYSIS_START, ANALYSIS_END = "<!-- analysis:start -->", "<!-- analysis:end -->"
@@ -31,6 +32,7 @@ class Results:
     profile: dict | None = None
     notes: list[str] = field(default_factory=list)
     llamacpp: list[DecodeVsLlamaCpp] = field(default_factory=list)  # benchmarked model's LLM first
+    serving: list[dict] = field(default_factory=list)  # `serving.serve` per model, the app's default first
 
 
 # ---- summaries ---------------------------------------------------------------------------------
@@ -64,7 +66,16 @@ def headline(r: Results) -> dict[str, float]:
             "speedup_batch": ratio(r.batch.engine_per_s, r.batch.official_per_s),
             "decode_vs_bound": decode_vs_bound(r),
             "decode_vs_llamacpp": r.llamacpp[0].ratio if r.llamacpp else float("nan"),
-            "peak_rss_gb": r.memory["peak_rss_serving"] / GB}
+            "peak_rss_gb": serving_peak_gb(r)}
+
+
+def serving_peak_gb(r: Results) -> float:
+    """The peak RSS of a process serving the app's default model (the serving stage), in GB; results
+    from before that stage existed: the benchmark process's own peak."""
+    if r.serving:
+        first = r.serving[0]
+        return first.get("peak_rss_serving_gb", float("nan"))
+    return r.memory["peak_rss_serving"] / GB
 
 
 def final_line(r: Results) -> str:
@@ -128,6 +139,8 @@ def text_table(r: Results) -> str:
     out += ["", *batch_lines(r.batch), "", *limit_lines(r)]
     if r.llamacpp:
         out += ["", *llamacpp_lines(r.llamacpp)]
+    if r.serving:
+        out += ["", *serving_lines(r.serving)]
     return "\n".join(out)
 
 
@@ -208,7 +221,8 @@ def from_json(d: dict) -> Results:
                    samples=[Sample(**x) for x in d["samples"]], batch=BatchResult(**d["batch"]),
                    limit=Limit(**limit), memory=d["memory"], load=d["load"], wall_s=d["wall_s"],
                    profile=profile, notes=d.get("notes", []),
-                   llamacpp=[DecodeVsLlamaCpp(**x) for x in d.get("llamacpp", [])])
+                   llamacpp=[DecodeVsLlamaCpp(**x) for x in d.get("llamacpp", [])],
+                   serving=d.get("serving", []))
 
 
 def kept_analysis(path: Path) -> str:
