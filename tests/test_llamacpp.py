@@ -191,3 +191,36 @@ def test_llamacpp_rows_decode_together():
     rows = engine.respond_batch(convs, GREEDY, batch_size=8)  # groups of 2, 2 and 1 rows
     singles = engine.respond_batch(convs, GREEDY, batch_size=1)  # one sequence in each llama_decode
     assert [r.text for r in rows] == [r.text for r in singles] and all(r.text for r in rows)
+
+
+TOKENIZER_TEXTS = ("What is the capital of France?", "L'Étoile, la Marseillaise — «ça» 😀 日本語のテキスト",
+                   "def f(x):\n\treturn x**2  # 2+2=4\n\n\n", "  leading and trailing  ", "ünïcödé ß ﬁ 3.14159",
+                   "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "\u200b zero width\r\n", "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("llm_name", ["smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"])
+def test_llama_vocab_tokenizes_as_the_transformers_tokenizer(llm_name):
+    """The engine's tokenizer under llama.cpp (the GGUF's vocabulary inside llama.cpp) gives the ids,
+    texts, special ids and stop ids the transformers tokenizer of the same GGUF gives."""
+    from blsp_demo.engine.chat import stop_token_ids
+    from blsp_demo.engine.llama_vocab import LlamaVocabTokenizer
+    from blsp_demo.engine.llamacpp import LlamaCppRuntime
+    from blsp_demo.weights import sources
+    from blsp_demo.weights.llms import get_llm
+
+    folder, file = get_llm(llm_name).gguf()
+    hf = sources.load_gguf_tokenizer(folder, file)
+    mine = LlamaVocabTokenizer(LlamaCppRuntime(folder / file, threads=1, n_ctx=256, n_seqs=1))
+    for text in TOKENIZER_TEXTS:
+        for plain in (False, True):
+            ids = hf(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"]
+            assert mine(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"] == ids, (text, plain)
+            for skip in (True, False):
+                assert mine.decode(ids, skip_special_tokens=skip) == hf.decode(ids, skip_special_tokens=skip)
+    assert mine.decode(hf("é", add_special_tokens=False)["input_ids"][:1] or [0]) == hf.decode(
+        hf("é", add_special_tokens=False)["input_ids"][:1] or [0])  # half a character, as transformers shows it
+    assert (mine.eos_token_id, mine.bos_token_id, mine.pad_token_id) == (hf.eos_token_id, hf.bos_token_id,
+                                                                          hf.pad_token_id)
+    assert stop_token_ids(mine, ("<|im_end|>",)) == stop_token_ids(hf, ("<|im_end|>",))
+    assert mine.convert_tokens_to_ids("<|im_end|>") == hf.convert_tokens_to_ids("<|im_end|>")

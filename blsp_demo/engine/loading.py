@@ -20,6 +20,7 @@ import json
 from blsp_demo.engine.asr import ctc_asr, whisper_asr
 from blsp_demo.engine.build import blsp_engine, cascade_engine, llasm_engine, text_engine
 from blsp_demo.engine.chat import ChatEngine, EngineLimits
+from blsp_demo.engine.llama_vocab import LlamaVocabTokenizer
 from blsp_demo.engine.registry import REGISTRY, SYSTEMS
 from blsp_demo.engine.runtime import runtime_choice
 from blsp_demo.prompts import get_template
@@ -84,8 +85,8 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
                                 revision=mid, **kw)
         bundled = get_llm(entry.llm)
         fast = gguf_runtime(bundled, place, limits, runtime)
-        if fast is not None:  # llama.cpp over the GGUF: no torch copy of the LLM at all
-            llm, tok = fast, sources.load_gguf_tokenizer(*bundled.gguf())
+        if fast is not None:  # llama.cpp over the GGUF: no torch copy of the LLM, nor of its vocabulary
+            llm, tok = fast, LlamaVocabTokenizer(fast)
         else:
             llm, tok = bundled_llm(place.dtype, bundled.name)
             llm = llm.to(place.device)

@@ -66,6 +66,7 @@ class BlspConfig(PretrainedConfig):
         ctc_vocab_size: int = 0,  # token ids the CTC head scores (0: the whole embedding table)
         ctc_sharpness: float = 1.0,  # ctc-soft: logits x this before the softmax over tokens
         reader_positions: str = "whisper",  # whisper-decoder-soft: "llm" re-tokenizes Whisper's reading (llm_positions)
+        reader_sharpness: float = 1.0,  # whisper-decoder-soft: Whisper's logits x this before its softmax
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +86,7 @@ class BlspConfig(PretrainedConfig):
         if reader_positions == "llm" and speech_compression != "whisper-decoder-soft":
             raise ValueError("reader_positions 'llm' needs speech_compression 'whisper-decoder-soft'")
         self.reader_positions = reader_positions
+        self.reader_sharpness = reader_sharpness
 
     @property
     def kernel_sizes(self) -> list[int]:
@@ -134,7 +136,8 @@ class BlspModel(PreTrainedModel):
         if self.reads_decoder:  # `encoded`: Whisper decoder states, one per token (B, n, d_dec)
             out = self.decoder_adapter(encoded)
             if self.token_map is not None:
-                out = out + soft_tokens(encoded, self.whisper_decoder.embed_tokens.weight, self.token_map).to(out.dtype)
+                out = out + soft_tokens(encoded, self.whisper_decoder.embed_tokens.weight, self.token_map,
+                                        self.config.reader_sharpness).to(out.dtype)
             return out, lengths
         x = self.subsampler(encoded)  # (B, T/8, d_llm)
         x = self.speech_ln(self.adapter(x))
@@ -173,7 +176,8 @@ class BlspModel(PreTrainedModel):
                 continue
             rows.append(llm_positions(tokens, states, whisper_pieces(tokens), self.llm_tokenize,
                                       self.llama_model.get_input_embeddings().weight, table, self.token_map,
-                                      extra=self.decoder_adapter(states)))  # (m, d_llm)
+                                      extra=self.decoder_adapter(states),
+                                      sharpness=self.config.reader_sharpness))  # (m, d_llm)
         out_len = torch.tensor([r.shape[0] for r in rows], device=lengths.device)
         dtype = self.llama_model.get_input_embeddings().weight.dtype
         return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(dtype), out_len

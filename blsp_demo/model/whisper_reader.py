@@ -40,10 +40,12 @@ class DecoderAdapter(nn.Module):
         return self.linear(x) + self.fc2(nn.functional.gelu(self.fc1(x)))
 
 
-def soft_tokens(states: torch.Tensor, whisper_table: torch.Tensor, token_map: torch.Tensor) -> torch.Tensor:
+def soft_tokens(states: torch.Tensor, whisper_table: torch.Tensor, token_map: torch.Tensor,
+                sharpness: float = 1.0) -> torch.Tensor:
     """(.., d_dec) -> (.., d_llm): the LLM embedding of each Whisper token (`token_map`, (V_text, d_llm))
-    averaged under Whisper's own distribution at that state (special tokens left out)."""
-    logits = states.float() @ whisper_table[: token_map.shape[0]].float().T  # (.., V_text)
+    averaged under Whisper's own distribution at that state (special tokens left out), its logits
+    multiplied by `sharpness` first (above 1: closer to Whisper's choice)."""
+    logits = states.float() @ whisper_table[: token_map.shape[0]].float().T * sharpness  # (.., V_text)
     probs = logits.softmax(-1)
     probs = probs.masked_fill(probs < 1e-12, 0.0)  # fp32 denormals make the matmul ~40x slower
     return probs @ token_map.float()
@@ -64,7 +66,8 @@ def overlaps(llm_spans: list[tuple[int, int]], whisper_spans: list[tuple[int, in
 
 
 def llm_positions(tokens: list[int], states: torch.Tensor, pieces: list[str], llm_tokenize, llm_table: torch.Tensor,
-                  whisper_table: torch.Tensor, token_map: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+                  whisper_table: torch.Tensor, token_map: torch.Tensor, extra: torch.Tensor | None = None,
+                  sharpness: float = 1.0) -> torch.Tensor:
     """Whisper's greedy reading (n tokens, their states (n, d_dec)) re-tokenized by the LLM -> (m, d_llm),
     one vector per LLM token of the transcript (`pieces`: the text of each Whisper token; the transcript is
     their concatenation, stripped, as the cascade passes it). Each vector is that LLM token's own
@@ -76,8 +79,8 @@ def llm_positions(tokens: list[int], states: torch.Tensor, pieces: list[str], ll
     lead = len(text) - len(text.lstrip())
     ids, spans = llm_tokenize(text.strip())  # LLM ids and their character spans in the stripped text
     if not ids:  # nothing read (silence): the soft reading of the one state there is
-        return soft_tokens(states[:1], whisper_table, token_map)
-    drift = soft_tokens(states, whisper_table, token_map) - token_map[torch.tensor(tokens)].float()  # (n, d_llm)
+        return soft_tokens(states[:1], whisper_table, token_map, sharpness)
+    drift = soft_tokens(states, whisper_table, token_map, sharpness) - token_map[torch.tensor(tokens)].float()  # (n, d_llm)
     if extra is not None:
         drift = drift + extra.float()
     hits = overlaps([(lo + lead, hi + lead) for lo, hi in spans], token_spans(pieces))
