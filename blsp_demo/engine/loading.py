@@ -50,15 +50,16 @@ def gguf_runtime(bundled: BundledLlm, place: Placement, limits: EngineLimits, ru
 
 def build_engine(model_id: str, system: str, place: Placement, *, blsp=None, llm=None, tokenizer=None,
                  template: str = "chatml", extractor=None, revision: str = "", window: str | None = None,
-                 limits: EngineLimits = EngineLimits()) -> ChatEngine:
-    """An engine of `system` over loaded parts (a BLSP model, or a plain LLM)."""
+                 limits: EngineLimits = EngineLimits(), asr=None) -> ChatEngine:
+    """An engine of `system` over loaded parts (a BLSP model, or a plain LLM; the cascade's ASR when
+    it is loaded already)."""
     tpl = get_template(template)
     common = dict(model_id=model_id, revision=revision, device=place.device, limits=limits)
     if system == "blsp":
         return blsp_engine(blsp, tokenizer, extractor, template=tpl, window=window, runtime=llm, **common)
     llm = llm if llm is not None else blsp.llama_model
     if system == "cascade":
-        return cascade_engine(llm, tokenizer, tpl, whisper_asr(place.device), **common)
+        return cascade_engine(llm, tokenizer, tpl, asr or whisper_asr(place.device), **common)
     if system == "text":
         return text_engine(llm, tokenizer, tpl, **common)
     if system == "ctc":
@@ -84,13 +85,15 @@ def load_engine(spec: str, system: str | None = None, *, device: str | None = No
                                 llm=fast, tokenizer=tok, extractor=fx, template=model.config.prompt_template,
                                 revision=mid, **kw)
         bundled = get_llm(entry.llm)
+        # Whisper first: its loading peaks above what it keeps, and that peak should not come on top of the LLM
+        asr = whisper_asr(place.device) if system == "cascade" else None
         fast = gguf_runtime(bundled, place, limits, runtime)
         if fast is not None:  # llama.cpp over the GGUF: no torch copy of the LLM, nor of its vocabulary
             llm, tok = fast, LlamaVocabTokenizer(fast)
         else:
             llm, tok = bundled_llm(place.dtype, bundled.name)
             llm = llm.to(place.device)
-        engine = build_engine(spec, system, place, llm=llm, tokenizer=tok,
+        engine = build_engine(spec, system, place, llm=llm, tokenizer=tok, asr=asr,
                               template=bundled.template, revision=bundled.revision, **kw)
         # after loading, the parts' weights sources: "" when all came from the pip packages
         engine.revision += weights_note(bundled.name, whisper=system == "cascade")
