@@ -106,3 +106,16 @@ def test_reader_positions_llm_needs_the_soft_reader():
         BlspConfig(speech_compression="whisper-decoder", reader_positions="llm")
     with pytest.raises(ValueError, match="reader_positions"):
         BlspConfig(speech_compression="whisper-decoder-soft", reader_positions="bpe")
+
+
+def test_full_window_reader_attends_to_all_30_seconds_as_whisper_does():
+    """In the full window Whisper's decoder reads all 1500 encoder states (Whisper's own decoding
+    does; cutting them to the clip's length made it misread "bees" as "these"); trimmed: the clip's."""
+    seen = []
+    for window in ("full", "trimmed"):
+        model = tiny_decoder_model()
+        hook = model.whisper_decoder.register_forward_pre_hook(
+            lambda m, a, kw: seen.append((window, kw["encoder_hidden_states"].shape[1])), with_kwargs=True)
+        model.speech_embeddings(torch.randn(1, 80, 3000), torch.tensor([100]), window=window)
+        hook.remove()
+    assert {n for w, n in seen if w == "full"} == {1500} and {n for w, n in seen if w == "trimmed"} == {50}

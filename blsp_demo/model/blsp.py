@@ -155,8 +155,12 @@ class BlspModel(PreTrainedModel):
     def speech_embeddings(self, features: torch.Tensor, frames: torch.Tensor, window: str | None = None,
                           compress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel features (B, n_mels, 3000) with real-frame counts (B,) -> (B, S, d_llm), (B,)."""
-        encoded, lengths = encode_features(self.whisper_model, features, frames,
-                                           window or self.config.encoder_window)
+        window = window or self.config.encoder_window
+        if self.reads_decoder and window == "full":  # Whisper's decoder reads all 30 s of states, as in Whisper
+            encoded = self.whisper_model(features).last_hidden_state  # (B, 1500, d_enc)
+            lengths = torch.full_like(frames, encoded.shape[1])
+        else:
+            encoded, lengths = encode_features(self.whisper_model, features, frames, window)
         if self.reads_decoder and self.config.reader_positions == "llm":
             return self.read_llm_positions(encoded, lengths)
         if self.reads_decoder:

@@ -40,6 +40,7 @@ class StageClock:
 
     model: torch.nn.Module  # a BlspModel
     device: torch.device
+    runtime: object = None  # the engine's LLM runtime: a llama.cpp one is timed at its `forward`
     stages: Stages = field(default_factory=Stages)
     _handles: list = field(default_factory=list)
     _t: dict = field(default_factory=dict)
@@ -52,11 +53,25 @@ class StageClock:
             llm.register_forward_pre_hook(self._start_llm, with_kwargs=True),
             llm.register_forward_hook(lambda m, a, o: self._stop_llm()),
         ]
+        if getattr(self.runtime, "kind", "") == "llama.cpp":  # no torch module runs the LLM: time its calls
+            inner = self.runtime.forward
+
+            def timed(ids, frames, past, start):
+                self._t["positions"] = len(ids)
+                self._start("llm")
+                try:
+                    return inner(ids, frames, past, start)
+                finally:
+                    self._stop_llm()
+
+            self.runtime.forward = timed  # an instance attribute, removed on exit
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
+        if self.runtime is not None and "forward" in vars(self.runtime):
+            del self.runtime.forward
 
     def _start(self, key: str) -> None:
         sync(self.device)
@@ -140,7 +155,8 @@ def profile_turns(engine, official: OfficialPath, script: list[UserTurn], s: Set
             outs = {}
             for name, fn in runs.items():
                 if pass_ == "stages":
-                    with StageClock(engine.frontend.model, engine.device) as clock:
+                    with StageClock(engine.frontend.model, engine.device,
+                                    runtime=engine.runtime if name == "engine" else None) as clock:
                         outs[name] = fn()
                     clock.stages.ttft_s = outs[name].ttft_s
                     result["stages"][f"{name} turn {k}"] = clock.stages
