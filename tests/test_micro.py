@@ -109,3 +109,32 @@ def test_the_whisper_decoder_recipe_runs_at_toy_size(tmp_path):
 
     model, *_ = load_micro_blsp(out, Placement(torch.device("cpu"), torch.float32))  # loads strictly
     assert model.reads_decoder
+
+
+@pytest.mark.slow
+def test_micro_blsp_v3_is_whispers_reading_with_no_trained_parameters(tts_question):
+    """micro-blsp-v3 ships only its config: the adapter is zero, and the speech positions of a clip
+    Whisper reads with confidence are (nearly) the LLM's own embeddings of Whisper's transcript."""
+    import torch
+
+    from blsp_demo.audio import load_audio
+    from blsp_demo.engine.asr import whisper_asr
+    from blsp_demo.engine.registry import REGISTRY
+    from blsp_demo.model.encoder import log_mel
+
+    folder = REGISTRY["micro-blsp-v3"].folder
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json"]
+    engine, r = answer_spoken("micro-blsp-v3", tts_question, 16)
+    assert engine.revision.startswith("micro-blsp-v3@untrained") and r.text.strip()
+    model = engine.frontend.model
+    assert all(float(p.abs().max()) == 0 for p in model.decoder_adapter.parameters())
+    samples = load_audio(str(tts_question))
+    samples = getattr(samples, "samples", samples)
+    heard = whisper_asr(torch.device("cpu"))(samples)
+    with torch.no_grad():
+        frames, n = model.speech_embeddings(*log_mel(engine.frontend.feature_extractor, samples, "full"))
+    ids = model.llm_tokenize(heard)[0]
+    table = model.llama_model.get_input_embeddings().weight
+    assert int(n[0]) == len(ids)  # the cascade's Whisper reads this clip the same way
+    cos = torch.nn.functional.cosine_similarity(frames[0, : len(ids)].float(), table[ids].float(), dim=-1)
+    assert float(cos.mean()) > 0.9

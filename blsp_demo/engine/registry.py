@@ -10,6 +10,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 MICRO_BLSP = PACKAGE_DIR / "weights" / "micro-blsp"
 MICRO_BLSP_V2 = PACKAGE_DIR / "weights" / "micro-blsp-v2"  # whisper-decoder speech side (issue 15)
 MICRO_BLSP_V2_SOFT = PACKAGE_DIR / "weights" / "micro-blsp-v2-soft"  # its soft-token variant
+MICRO_BLSP_V3 = PACKAGE_DIR / "weights" / "micro-blsp-v3"  # the soft reader, full window, LLM positions (untrained)
 DEFAULT_MODEL = "qwen-cascade"  # chosen by measurement on the spoken dev questions (README)
 
 SYSTEMS = ("blsp", "cascade", "text", "ctc")
@@ -32,6 +33,9 @@ REGISTRY: dict[str, RegisteredModel] = {
     "micro-blsp-v2-soft": RegisteredModel("blsp", MICRO_BLSP_V2_SOFT,
                                           "Whisper base decoder states as soft SmolLM2 token embeddings "
                                           "(Whisper's own distribution) -> SmolLM2-135M-Instruct"),
+    "micro-blsp-v3": RegisteredModel("blsp", MICRO_BLSP_V3,
+                                     "Whisper base reads the whole 30 s window; its reading, re-tokenized by SmolLM2, "
+                                     "as soft embeddings (no trained parameters) -> SmolLM2-135M-Instruct"),
     "micro-cascade": RegisteredModel("cascade", None, "Whisper base ASR -> SmolLM2-135M-Instruct (Whisper+LLM)"),
     "micro-text": RegisteredModel("text", None, "known transcript -> SmolLM2-135M-Instruct (Text+LLM)"),
     "micro-ctc": RegisteredModel("ctc", MICRO_BLSP,

@@ -111,6 +111,8 @@ def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, 
     from safetensors.torch import load_file
 
     cfg = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else None
+    if cfg is not None and cfg["components"]["adapter"].get("untrained"):
+        return load_untrained_reader(folder, cfg, place)
     adapter_file = folder / (cfg["components"]["adapter"]["file"] if cfg else MICRO_ADAPTER_FILE)
     if cfg is None or not adapter_file.is_file():
         raise sources.WeightsError(f"{folder.name}: the trained adapter ({adapter_file.name}) is not there yet; "
@@ -120,6 +122,20 @@ def load_micro_blsp(folder: Path, place: Placement) -> tuple[BlspModel, object, 
         raise sources.WeightsError(f"{adapter_file} is damaged: sha256 {digest[:12]}... does not match config.json")
     model, tokenizer, extractor = assemble_micro(cfg, place, load_file(str(adapter_file)))
     return model, tokenizer, extractor, f"{folder.name}@{digest[:12]}{weights_note(DEFAULT_LLM, whisper=True)}"
+
+
+def load_untrained_reader(folder: Path, cfg: dict, place: Placement) -> tuple[BlspModel, object, object, str]:
+    """A micro folder whose config says `"adapter": {"untrained": true}`: a whisper-decoder-soft model with
+    no trained parameters at all (its decoder adapter is zero), so the speech embeddings are Whisper's own
+    soft reading in the LLM's embedding space; the folder holds only config.json."""
+    if cfg.get("speech_compression") != "whisper-decoder-soft":
+        raise sources.WeightsError(f"{folder.name}: an untrained adapter only makes sense for "
+                                   f"speech_compression 'whisper-decoder-soft', not {cfg.get('speech_compression')!r}")
+    model, tokenizer, extractor = assemble_micro(cfg, place, None)
+    with torch.no_grad():
+        for p in model.decoder_adapter.parameters():
+            p.zero_()
+    return model, tokenizer, extractor, f"{folder.name}@untrained{weights_note(DEFAULT_LLM, whisper=True)}"
 
 
 def whisper_encoder_state(hf_dir: Path) -> dict:
