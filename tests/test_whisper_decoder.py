@@ -97,6 +97,8 @@ def test_llm_positions_retokenize_whispers_reading():
     extra = torch.ones(3, 2)  # a trained adapter's output per Whisper position is averaged in too
     out = llm_positions([0, 1, 2], sure, pieces, llm_tokenize, llm_table, table, token_map, extra=extra)
     assert torch.allclose(out, llm_table[[7, 3]] + 1, atol=1e-4)
+    silent = llm_positions([], sure[:1], [], lambda text: ([], []), llm_table, table, token_map, extra=extra[:1])
+    assert torch.allclose(silent, token_map[:1] + 1, atol=1e-4)  # nothing read: one soft vector, the adapter's in it
 
 
 def test_reader_positions_llm_needs_the_soft_reader():

@@ -175,9 +175,6 @@ class BlspModel(PreTrainedModel):
         rows = []
         for b, n in enumerate(lengths):
             tokens, states = greedy_states(self.whisper_decoder, encoded[b: b + 1, : int(n)])  # (n_tok,), (n_tok, d_dec)
-            if not tokens:  # silence: the one state there is, read softly
-                rows.append(self.adapt(states[None], torch.tensor([1]))[0][0])
-                continue
             rows.append(llm_positions(tokens, states, whisper_pieces(tokens), self.llm_tokenize,
                                       self.llama_model.get_input_embeddings().weight, table, self.token_map,
                                       extra=self.decoder_adapter(states),

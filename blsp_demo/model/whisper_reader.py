@@ -79,7 +79,8 @@ def llm_positions(tokens: list[int], states: torch.Tensor, pieces: list[str], ll
     lead = len(text) - len(text.lstrip())
     ids, spans = llm_tokenize(text.strip())  # LLM ids and their character spans in the stripped text
     if not ids:  # nothing read (silence): the soft reading of the one state there is
-        return soft_tokens(states[:1], whisper_table, token_map, sharpness)
+        soft = soft_tokens(states[:1], whisper_table, token_map, sharpness)  # (1, d_llm)
+        return soft if extra is None else soft + extra[:1].float()
     drift = soft_tokens(states, whisper_table, token_map, sharpness) - token_map[torch.tensor(tokens)].float()  # (n, d_llm)
     if extra is not None:
         drift = drift + extra.float()

@@ -73,8 +73,7 @@ def serving_peak_gb(r: Results) -> float:
     """The peak RSS of a process serving the app's default model (the serving stage), in GB; results
     from before that stage existed: the benchmark process's own peak."""
     if r.serving:
-        first = r.serving[0]
-        return first.get("peak_rss_serving_gb", float("nan"))
+        return r.serving[0].get("peak_rss_serving_gb", float("nan"))
     return r.memory["peak_rss_serving"] / GB
 
 
