@@ -246,6 +246,13 @@ def test_ctc_head_caches_its_token_rows_until_the_table_or_vocabulary_changes():
     frames.requires_grad_(True)
     head.logits(frames, table).sum().backward()
     assert frames.grad is not None and head.blank.grad is not None
+    table.requires_grad_(True)  # a loaded LLM's table, served under inference mode: computed once
+    with torch.inference_mode():
+        first = head._token_rows(table)[1]
+        assert head._token_rows(table)[1] is first
+        assert torch.allclose(head.logits(frames, table), reference(frames, table), atol=1e-6)
+    head.logits(frames, table).sum().backward()  # with gradients on, the table gets its own
+    assert table.grad is not None and table.grad.abs().sum() > 0
 
 
 def test_soft_embeddings_ignore_probabilities_that_underflow():

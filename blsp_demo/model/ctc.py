@@ -42,8 +42,9 @@ class CtcSelector(nn.Module):
         """The head's token rows in fp32 (V', d) and the same rows normalized (V', d). The LLM's
         table is frozen, so they are computed once per table and vocabulary (gathering and
         normalizing 13.5k rows cost ~45 ms a speech turn on 2 CPU cores) and recomputed whenever
-        the table or the vocabulary changes in place, or gradients could flow into the table."""
-        if table.requires_grad:
+        the table or the vocabulary changes in place, or gradients could flow into the table
+        (a loaded LLM's table keeps `requires_grad` under inference mode, where none can)."""
+        if table.requires_grad and torch.is_grad_enabled():
             rows = self.token_table(table).float()
             return rows, F.normalize(rows, dim=-1)
         key = (table.data_ptr(), table._version, tuple(table.shape), table.dtype, table.device,
