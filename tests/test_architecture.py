@@ -41,3 +41,16 @@ def test_functions_are_short():
                 if n > MAX_FUNCTION_LINES:
                     long[f"{p.relative_to(ROOT)}:{node.name}"] = n
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_serving_a_gguf_imports_no_transformers_modeling_code():
+    """The engine, its loader and llama.cpp runtime, Whisper's loader and the prompt planner import
+    without transformers' modeling code (which brings torch._dynamo and sympy, ~0.2 GB of resident
+    memory): the default cascade on llama.cpp never needs it. BLSP and LLaSM models import it where
+    they are loaded."""
+    code = ("import sys, blsp_demo.engine, blsp_demo.engine.llamacpp, blsp_demo.engine.asr, blsp_demo.engine.llama_vocab;"
+            "print(sorted(m for m in ('transformers.modeling_utils', 'torch._dynamo', 'blsp_demo.model.blsp',"
+            " 'blsp_demo.model.llasm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -232,6 +232,25 @@ def test_hf_config_special_tokens_follow_the_vocabulary():
     assert multilingual["encoder_ffn_dim"] == 2048
 
 
+def test_modules_built_under_skip_random_init_draw_no_random_numbers():
+    """Random initializations are left out (no random number is drawn for them), the deterministic
+    parts of building run as usual, and leaving the mode restores random initialization."""
+    from torch import nn
+
+    from blsp_demo.engine.asr import SkipRandomInit
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    with SkipRandomInit():
+        layers = nn.Sequential(nn.Linear(8, 8), nn.Conv1d(8, 8, 3), nn.Embedding(10, 8), nn.LayerNorm(8))
+        mask = torch.empty(3, 3).fill_(-np.inf).triu_(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(layers[3].weight, torch.ones(8)) and torch.equal(layers[3].bias, torch.zeros(8))
+    assert torch.equal(mask, torch.tensor([[0.0, -np.inf, -np.inf], [0.0, 0.0, -np.inf], [0.0, 0.0, 0.0]]))
+    nn.Linear(8, 8)
+    assert not torch.equal(torch.get_rng_state(), state)
+
+
 def test_lean_whisper_loading_gives_whisper_load_models_model(tiny, tmp_path):
     """`asr.load_whisper` (no random init, weights widened from the mapped file) loads what
     `whisper.load_model` loads: the same fp32 weights and the buffers that are in no checkpoint."""

@@ -19,7 +19,7 @@ from blsp_demo.options import GenerationOptions
 from blsp_demo.conversation import Conversation
 from blsp_demo.engine.cache import ChatCache
 from blsp_demo.engine.loading import load_engine
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 from blsp_demo.weights.sources import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from blsp_demo.model.adapter import Conv1dSubsampler
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER, BlspConfig, BlspModel
+from blsp_demo.model.blsp import BlspConfig, BlspModel
+from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 from blsp_demo.model.encoder import encode_features
 
 

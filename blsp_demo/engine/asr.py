@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from blsp_demo.model.blsp import BlspModel
 from blsp_demo.weights import hub
 from blsp_demo.weights.devices import fast_bf16
+
+if TYPE_CHECKING:  # transformers' modeling code only where a BLSP model is loaded (blsp_demo/model/tokens.py)
+    from blsp_demo.model.blsp import BlspModel
 
 
 @dataclass
@@ -65,17 +70,35 @@ def whisper_asr(device: torch.device, language: str | None = None) -> WhisperAsr
                       bf16_encoder=device.type == "cpu" and fast_bf16(device))
 
 
+RANDOM_INITS = frozenset({nn.init.uniform_, nn.init.normal_, nn.init.kaiming_uniform_, nn.init.kaiming_normal_,
+                          nn.init.trunc_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_,
+                          torch.Tensor.uniform_, torch.Tensor.normal_})
+
+
+class SkipRandomInit(TorchFunctionMode):
+    """Modules built inside leave their random initialization out (their weights stay untouched, so they
+    take no resident memory until the checkpoint's replace them); deterministic buffers (masks, sinusoids)
+    and layer-norm constants are still computed. A function mode rather than transformers'
+    `no_init_weights`, whose import brings transformers' modeling code (torch._dynamo, ~0.2 GB) into a
+    process that needs none of it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in RANDOM_INITS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
 def load_whisper(path, device: torch.device):
     """openai-whisper's model from its checkpoint file, computing in fp32: what `whisper.load_model` gives, without
     the two copies it makes on the way (a randomly initialized model, and the whole checkpoint read into
     memory), which stay in the process's resident memory: the model is built with its initialization
     skipped (its untouched weights take no memory) and each weight is widened from the memory-mapped file
     and put in place."""
-    from transformers.initialization import no_init_weights
     from whisper.model import Conv1d, Linear, ModelDimensions, Whisper
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    with no_init_weights():
+    with SkipRandomInit():
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
     # The encoder's linear and convolution weights stay as stored when that is float16 (saved so only when
     # lossless): whisper's Linear and Conv1d widen their weight to the input's dtype at each call, so the

@@ -27,8 +27,7 @@ import torch
 from blsp_demo.conversation import Conversation
 from blsp_demo.engine.cache import ChatCache
 from blsp_demo.engine.plan import PromptPlan, Prompting
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
-from blsp_demo.model.llasm import AUDIO_PATCH, AUDIO_TOKENS, audio_text
+from blsp_demo.model.tokens import AUDIO_PATCH, AUDIO_TOKENS, SPEECH_PLACEHOLDER, audio_text
 from blsp_demo.prompts import Bos, Piece, PromptTemplate, Reply, Speech, Text, render
 
 

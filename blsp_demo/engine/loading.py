@@ -41,7 +41,7 @@ def gguf_runtime(bundled: BundledLlm, place: Placement, limits: EngineLimits, ru
     import torch
 
     from blsp_demo.engine.llamacpp import LlamaCppRuntime
-    from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+    from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 
     folder, file = bundled.gguf()
     return LlamaCppRuntime(folder / file, threads=torch.get_num_threads(), slot_id=SPEECH_PLACEHOLDER,

@@ -16,7 +16,7 @@ import torch
 
 from blsp_demo.conversation import Conversation
 from blsp_demo.engine.cache import ChatCache, Key
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 from blsp_demo.prompts import Bos, Piece, PromptTemplate, Reply, Speech, Text, render
 
 

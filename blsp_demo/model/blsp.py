@@ -20,9 +20,9 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder, Whisper
 from blsp_demo.model.adapter import Adapter, Conv1dSubsampler, lengths_to_mask
 from blsp_demo.model.ctc import CtcSelector
 from blsp_demo.model.encoder import encode_features
+from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 from blsp_demo.model.whisper_reader import DecoderAdapter, greedy_states, llm_positions, soft_tokens, whisper_pieces
 
-SPEECH_PLACEHOLDER = -200  # never a real token id; replaced by speech frames
 COMPRESSIONS = ("none", "ctc", "ctc-soft", "whisper-decoder", "whisper-decoder-soft")
 READER_POSITIONS = ("whisper", "llm")  # whisper-decoder-soft: one speech position per Whisper / per LLM token
 

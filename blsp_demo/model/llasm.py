@@ -24,18 +24,11 @@ from torch import nn
 from transformers import AutoConfig, LlamaConfig, LlamaModel, WhisperFeatureExtractor, WhisperModel
 from transformers.models.llama.modeling_llama import LlamaForCausalLM, LlamaPreTrainedModel
 
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER, embed_with_placeholders
+from blsp_demo.model.blsp import embed_with_placeholders
 from blsp_demo.model.encoder import log_mel
+from blsp_demo.model.tokens import AUDIO_TOKEN_LEN
 
-AUDIO_PATCH, AUDIO_START, AUDIO_END = "<au_patch>", "<au_start>", "<au_end>"
-AUDIO_TOKENS = (AUDIO_PATCH, AUDIO_START, AUDIO_END)  # added to the tokenizer in this order
-AUDIO_TOKEN_LEN = 64  # decoder positions (and LLM positions) per 30 s window
 WHISPER_LARGE_V2_WIDTH = 1280  # mm_hidden_size of the releases
-
-
-def audio_text(n_windows: int = 1, audio_token_len: int = AUDIO_TOKEN_LEN) -> str:
-    """The text a speech turn stands for: `<au_start>` + 64 x `<au_patch>` + `<au_end>` per window."""
-    return (AUDIO_START + AUDIO_PATCH * audio_token_len + AUDIO_END) * n_windows
 
 
 @strict

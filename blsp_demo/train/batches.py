@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from blsp_demo.conversation import Conversation
-from blsp_demo.model.blsp import SPEECH_PLACEHOLDER
+from blsp_demo.model.tokens import SPEECH_PLACEHOLDER
 from blsp_demo.prompts import Bos, PromptTemplate, Speech, Text, render
 
 IGNORE = -100

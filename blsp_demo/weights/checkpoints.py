@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from blsp_demo.files import content_sha256
-from blsp_demo.model.blsp import BlspConfig, BlspModel
-from blsp_demo.model.whisper_reader import offsets_tokenizer
 from blsp_demo.weights import hub, sources
 from blsp_demo.weights.devices import Placement
 from blsp_demo.weights.llms import DEFAULT_LLM, load_bundled_llm, weights_note
+
+if TYPE_CHECKING:
+    from blsp_demo.model.blsp import BlspModel
 
 
 def detect_family(config: dict) -> str:
@@ -67,6 +69,9 @@ def micro_config(adapter_inner_dim: int = 512, ctc_vocab_size: int = 0, speech_c
 def assemble_micro(cfg: dict, place: Placement, adapter_state: dict | None = None):
     """Bundled Whisper base encoder + bundled SmolLM2 + an adapter (fresh when `adapter_state` is None)."""
     from transformers import WhisperFeatureExtractor
+
+    from blsp_demo.model.blsp import BlspConfig, BlspModel  # here, not at the top: see model/tokens.py
+    from blsp_demo.model.whisper_reader import offsets_tokenizer
 
     whisper, _ = hub.whisper_base()  # the pip packages, else the Hub (weights/hub.py)
     llm, tokenizer = bundled_llm(place.dtype)
@@ -153,6 +158,8 @@ def whisper_state(hf_dir: Path, prefix: str) -> dict:
 def load_official_blsp(folder: Path, place: Placement):
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 
+    from blsp_demo.model.blsp import BlspModel
+
     model = BlspModel.from_pretrained(folder, dtype=place.dtype).to(place.device)
     return model, AutoTokenizer.from_pretrained(folder), WhisperFeatureExtractor.from_pretrained(folder)
 
@@ -200,7 +207,7 @@ def llasm_tokenizer(folder: Path, template: str):
     code: its sentencepiece model is read as a Llama tokenizer instead."""
     from transformers import AutoTokenizer, LlamaTokenizer
 
-    from blsp_demo.model.llasm import AUDIO_TOKENS
+    from blsp_demo.model.tokens import AUDIO_TOKENS
 
     tok = (LlamaTokenizer if template == "baichuan" else AutoTokenizer).from_pretrained(folder)
     tok.add_tokens([AUDIO_TOKENS[0]], special_tokens=True)
@@ -210,7 +217,8 @@ def llasm_tokenizer(folder: Path, template: str):
 
 def load_llasm(folder: Path, place: Placement, audio_tower: str | None = None, template: str | None = None):
     """A LLaSM folder -> (LlasmForCausalLM, tokenizer, AudioTower, template name, revision)."""
-    from blsp_demo.model.llasm import AUDIO_TOKENS, AudioTower, LlasmForCausalLM
+    from blsp_demo.model.llasm import AudioTower, LlasmForCausalLM
+    from blsp_demo.model.tokens import AUDIO_TOKENS
 
     config = json.loads((folder / "config.json").read_text())
     tower_dir = llasm_audio_tower_folder(config, audio_tower)
