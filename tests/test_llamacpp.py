@@ -132,6 +132,43 @@ def test_llamacpp_speech_positions_take_embeddings(fast):
 
 
 @pytest.mark.slow
+def test_a_speech_prompt_goes_in_as_one_embedding_batch(fast, monkeypatch):
+    """`FramesAsEmbeddings`: a prompt of tokens and speech frames is one llama_decode of embeddings
+    (the tokens embedded by the de-quantized GGUF's table, the frames scattered in), not one call per
+    run, with the logits of the run-by-run path; prompts without frames still go in as ids."""
+    from blsp_demo.engine.runtime import FramesAsEmbeddings, as_runtime
+    from blsp_demo.weights import sources
+
+    rt = fast.runtime
+    table = sources.load_gguf_causal_lm(*sources.smollm2_gguf()).get_input_embeddings()
+
+    def embed(ids, frames):  # (1, L) ids with placeholders -> (1, L, d), as BlspModel.embed_with_speech
+        slots = ids == rt.slot_id
+        rows = table(ids.masked_fill(slots, 0))
+        assert int(slots.sum()) == frames.shape[0]
+        return rows.masked_scatter(slots[..., None], frames.to(rows.dtype))
+
+    whole = as_runtime(rt, embed, frames=True)
+    assert isinstance(whole, FramesAsEmbeddings) and as_runtime(rt, embed) is rt
+    ids = fast.plan(Conversation().add_text("Name a colour."), ChatCache()).ids
+    with torch.no_grad():
+        frames = table(torch.tensor(ids[5:12]))
+    mixed = ids[:5] + [rt.slot_id] * 7 + ids[12:]
+    calls = []
+    decode = rt._decode
+    monkeypatch.setattr(rt, "_decode", lambda batch, *p: calls.append(batch.n_tokens) or decode(batch, *p))
+    by_runs = rt.forward(mixed, frames, rt.new_cache(), 0)
+    assert calls == [5, 7, len(ids) - 12]
+    calls.clear()
+    together = whole.forward(mixed, frames, rt.new_cache(), 0)
+    assert calls == [len(ids)]
+    torch.testing.assert_close(together, by_runs, atol=1e-3, rtol=1e-4)
+    calls.clear()
+    whole.forward(ids, None, rt.new_cache(), 0)
+    assert calls == [len(ids)] and whole.kind == "llama.cpp"  # tokens as ids; the rest is the runtime's
+
+
+@pytest.mark.slow
 def test_llamacpp_shared_start_and_eviction():
     """More conversations than sequences: the oldest one's sequence is taken over; that
     conversation prefills again and answers as before. The shared start is a sequence too."""

@@ -48,7 +48,8 @@ class ChatEngine:
     def __init__(self, llm, prompting: Prompting, *, model_id: str, revision: str = "",
                  device: torch.device | None = None, limits: EngineLimits = EngineLimits()):
         self.prompting = prompting
-        self.runtime: LlmRuntime = as_runtime(llm, prompting.frontend.embed, device)
+        self.runtime: LlmRuntime = as_runtime(llm, prompting.frontend.embed, device,
+                                              frames=prompting.frontend.speech_as_frames)
         self.llm = self.runtime.llm  # the torch module, None under llama.cpp
         self.model_id = model_id
         self.revision = revision

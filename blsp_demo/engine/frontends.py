@@ -29,6 +29,7 @@ from blsp_demo.model.encoder import log_mel
 
 class SpeechFrontend(Protocol):
     system: str  # the engine's name in every record: blsp | llasm | cascade | ctc | text
+    speech_as_frames: bool  # speech reaches the LLM as frames in its prompt (else as text)
 
     def speech_texts(self, conv: Conversation, cache: ChatCache) -> dict[int, str]: ...
 
@@ -67,6 +68,8 @@ def token_embeddings(llm) -> Callable[[torch.Tensor, torch.Tensor | None], torch
 class FramesOnly:
     """What a frontend that hears speech as frames says to the text questions: no speech turn
     becomes text, no batch work, nothing transcribed."""
+
+    speech_as_frames = True
 
     def speech_texts(self, conv, cache):
         return {}
@@ -144,6 +147,8 @@ class LlasmFrames(FramesOnly):
 class AsrTranscript:
     """Whisper+LLM (`cascade`) or CTC+LLM (`ctc`): each speech turn is transcribed, then read."""
 
+    speech_as_frames = False
+
     def __init__(self, system: str, asr, embed, limits: AudioLimits = AudioLimits()):
         self.system = system
         self.asr = asr  # callable: 16 kHz float32 samples -> text; optional `asr.batch(list) -> list`
@@ -205,6 +210,7 @@ class KnownTranscript:
     """Text+LLM: the known transcript of each speech turn goes to the LLM."""
 
     system = "text"
+    speech_as_frames = False
 
     def __init__(self, embed):
         self.embed = embed

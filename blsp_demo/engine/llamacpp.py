@@ -212,9 +212,28 @@ class LlamaCppRuntime:
                     else:
                         self._decode_tokens(ids[a:b], past, start + a, last=b == len(ids))
                     past.length = start + b
-            out = self.lib.llama_get_logits_ith(self.ctx, -1)
-            row = self._logits_row.from_address(ctypes.addressof(out.contents))  # a view of llama.cpp's buffer
-            return torch.frombuffer(bytearray(row), dtype=torch.float32)[None]  # copied: the next decode reuses it
+            return self._last_logits()
+
+    def forward_embeds(self, rows: torch.Tensor, past: LlamaSeq, start: int) -> torch.Tensor:
+        """Feed input embeddings (L, d) at positions start.. -> (1, V) logits of the last position: a
+        prompt of tokens and speech frames as one batch (`runtime.FramesAsEmbeddings`)."""
+        with self._lock:
+            self._collect()
+            if past.seq_id < 0 or self.held(past) != start:
+                raise LlamaCppError(f"the cache holds {self.held(past)} positions, not {start}")
+            self._live.move_to_end(past.seq_id)
+            rows = rows.detach().to("cpu", torch.float32).numpy()
+            n = rows.shape[0]
+            for a in range(0, n, BATCH):
+                b = min(n, a + BATCH)
+                self._decode_embeds(rows[a:b], past, start + a, last=b == n)
+                past.length = start + b
+            return self._last_logits()
+
+    def _last_logits(self) -> torch.Tensor:
+        out = self.lib.llama_get_logits_ith(self.ctx, -1)
+        row = self._logits_row.from_address(ctypes.addressof(out.contents))  # a view of llama.cpp's buffer
+        return torch.frombuffer(bytearray(row), dtype=torch.float32)[None]  # copied: the next decode reuses it
 
     def forward_many(self, tokens: list[int], pasts: list[LlamaSeq]) -> torch.Tensor:
         """One new token for each of several sequences, in one llama_decode call (the weights are
